@@ -1,0 +1,79 @@
+"""Reading official checkpoint files (.pth, .safetensors, .npz) into a flat dict of NumPy arrays.
+
+`.pth` files are read with `torch.load(weights_only=True)`: never unpickle arbitrary objects from a file
+downloaded off the internet. PyTorch is needed only here (the optional `torch` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+# Wrappers seen around official state_dicts: FAST-VQA and the DOVER training scripts save
+# {"state_dict": ..., "validation_results": ...}; ImageNet/timm files use "model".
+_WRAPPER_KEYS = ("state_dict", "model", "params")
+
+
+class CheckpointReadError(ValueError):
+    """The file could not be read as a state_dict; the message names the file."""
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor
+        return value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
+    return np.asarray(value)
+
+
+def unwrap_state_dict(obj: Mapping, source: str = "<state_dict>") -> dict[str, np.ndarray]:
+    """Strip `{"state_dict": ...}`-style wrappers and a DataParallel `module.` prefix."""
+    while isinstance(obj, Mapping) and not _looks_flat(obj):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            raise CheckpointReadError(
+                f"{source}: no tensors found; top-level keys are {sorted(obj)[:10]} "
+                f"(expected a state_dict or a wrapper with one of {_WRAPPER_KEYS})"
+            )
+        obj = inner
+    out = {str(k): _to_numpy(v) for k, v in obj.items()}
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module.") :]: v for k, v in out.items()}
+    return out
+
+
+def _looks_flat(obj: Mapping) -> bool:
+    return bool(obj) and all(hasattr(v, "shape") for v in obj.values())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A flat {key: array} from a .pth/.pt/.ckpt (torch), .safetensors or .npz file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointReadError(f"{path}: no such checkpoint file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            obj = load_file(str(path))
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                obj = {k: z[k] for k in z.files}
+        else:
+            try:
+                import torch
+            except ImportError as e:
+                raise CheckpointReadError(
+                    f"{path}: reading PyTorch files needs torch; "
+                    "install the extra: pip install 'kvq-jax[torch]'"
+                ) from e
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointReadError:
+        raise
+    except Exception as e:  # corrupt files raise many different types
+        raise CheckpointReadError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointReadError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return unwrap_state_dict(obj, str(path))

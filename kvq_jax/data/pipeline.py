@@ -1,0 +1,292 @@
+"""grain input pipeline: KVQ records -> decoded views -> batches -> global ``jax.Array`` s.
+
+Train (:func:`train_iterator`)::
+
+    source -> seed/shuffle -> repeat -> [shard_index::shard_count] -> random_map(decode + views)
+           -> to_iter_dataset -> mp_prefetch(num_workers) -> batch(local, drop_remainder)
+
+Eval (:func:`eval_iterator`): every record exactly once, in order, per process a *contiguous* slice padded
+so that every process yields the same number of batches (a collective step must not hang); padding rows
+have ``valid=False``. Views are deterministic (``rng=None``), ``num_clips`` clips per video.
+
+Why batching comes after ``mp_prefetch``: grain slices elements over workers round-robin and interleaves
+them back in order, so the batches do not depend on ``num_workers`` (0 works, in-process). Each record's
+views use grain's per-record generator (seed, index, epoch), so a seed fixes every batch; the iterator's
+``get_state``/``set_state`` (and ``grain.checkpoint.CheckpointSave/Restore`` for orbax) resume exactly.
+
+Batches are dicts of numpy arrays (local to this process):
+
+* one uint8 ``[B, clips, T, H, W, 3]`` per view branch (e.g. ``technical``, ``aesthetic``);
+* ``mos`` float32 ``[B]``, ``source_id`` int32 ``[B]``, ``valid`` bool ``[B]``;
+* host-only (never sent to devices, see :data:`HOST_FIELDS`): ``name`` object array of ``bytes``,
+  and in eval ``error`` (object array of ``str``, empty unless decoding failed).
+
+Videos that fail to decode (:class:`~kvq_jax.data.decode.VideoDecodeError`; the TFDS build already left
+out videos it could not probe, see ``skipped.json``): in *train* the record is skipped with a logged warning;
+in *eval* it is never dropped: its row keeps its ``name``, gets zero views, ``valid=False`` and the reason in
+``error``, and a warning is logged — the evaluator must report it (:func:`failed_names`).
+
+:func:`to_global` turns a local batch into global arrays sharded over the mesh's data axis with
+``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags, logging
+
+from kvq_jax.data import decode
+from kvq_jax.data import views as views_lib
+
+HOST_FIELDS = ("name", "error")
+Batch = dict[str, np.ndarray]
+
+
+def load_split(data_dir: str | os.PathLike, name: str = "kvq_synthetic", split: str = "train") -> Any:
+    """The ArrayRecord data source of a built split (``tfds.data_source``; slicing: ``train[:50%]``)."""
+    import tensorflow_datasets as tfds
+
+    import kvq_jax.data.tfds_kvq  # noqa: F401  (registers the builders)
+
+    return tfds.data_source(name, split=split, data_dir=os.fspath(data_dir))
+
+
+def resolve_views(
+    spec: Mapping[str, views_lib.ViewSpec] | str, num_clips: int | None = None
+) -> dict[str, views_lib.ViewSpec]:
+    """A preset name (``views.VIEW_PRESETS``) or a branch->ViewSpec mapping, optionally with ``num_clips``."""
+    if isinstance(spec, str):
+        if spec not in views_lib.VIEW_PRESETS:
+            raise KeyError(f"unknown view preset {spec!r}; choose one of {sorted(views_lib.VIEW_PRESETS)}")
+        spec = views_lib.VIEW_PRESETS[spec]
+    if not spec:
+        raise ValueError("no view branches given")
+    out = dict(spec)
+    if num_clips is not None:
+        out = {k: dataclasses.replace(v, num_clips=num_clips) for k, v in out.items()}
+    return out
+
+
+def _name(record: Mapping[str, Any]) -> bytes:
+    n = record["name"]
+    return n if isinstance(n, bytes) else str(n).encode()
+
+
+def _example(record: Mapping[str, Any], arrays: Mapping[str, np.ndarray], valid: bool) -> dict[str, Any]:
+    out: dict[str, Any] = dict(arrays)
+    out["mos"] = np.float32(record["mos"])
+    out["source_id"] = np.int32(record["source_id"])
+    out["valid"] = np.bool_(valid)
+    out["name"] = np.array(_name(record), dtype=object)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainViews(grain.transforms.RandomMap):
+    """Decode one record's random views with grain's per-record generator; None (skipped) if it fails."""
+
+    views: Mapping[str, views_lib.ViewSpec]
+
+    def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        name = _name(record).decode(errors="replace")
+        try:
+            arrays = views_lib.sample_views(record["video"], self.views, rng, name=name)
+        except decode.VideoDecodeError as e:
+            logging.warning("train: skipping a video that does not decode: %s", e)
+            return None
+        return _example(record, arrays, True)
+
+
+class _PaddedShard:
+    """Records ``[start, stop)`` of ``source``, then ``None`` padding up to ``length`` (random access)."""
+
+    def __init__(self, source: Any, start: int, stop: int, length: int):
+        self.source, self.start, self.stop, self.length = source, start, stop, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        j = self.start + i
+        return (j, self.source[j]) if j < self.stop else (-1, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalViews(grain.transforms.Map):
+    """Deterministic views; padding and decode failures become zero rows with ``valid=False``."""
+
+    views: Mapping[str, views_lib.ViewSpec]
+    shapes: Mapping[str, tuple[int, ...]]
+
+    def _zeros(self) -> dict[str, np.ndarray]:
+        return {k: np.zeros(s, np.uint8) for k, s in self.shapes.items()}
+
+    def map(self, item: tuple[int, Any]) -> dict[str, Any]:
+        _, record = item
+        if record is None:
+            out = _example({"name": b"", "mos": math.nan, "source_id": -1}, self._zeros(), False)
+            out["error"] = np.array("", dtype=object)
+            return out
+        name = _name(record).decode(errors="replace")
+        try:
+            arrays = views_lib.sample_views(record["video"], self.views, None, name=name)
+            error = ""
+        except decode.VideoDecodeError as e:
+            logging.warning("eval: a video does not decode; it is marked invalid and reported: %s", e)
+            arrays, error = self._zeros(), str(e)
+        out = _example(record, arrays, not error)
+        out["error"] = np.array(error, dtype=object)
+        return out
+
+
+def _stack(items: Sequence[dict[str, Any]]) -> Batch:
+    """Stack examples into a batch; object fields (names, errors) stay 1-D object arrays."""
+    out: Batch = {}
+    for key in items[0]:
+        if items[0][key].dtype == object:
+            col = np.empty(len(items), dtype=object)
+            col[:] = [it[key].item() for it in items]
+            out[key] = col
+        else:
+            out[key] = np.stack([it[key] for it in items])
+    return out
+
+
+def _process(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    if (shard_index is None) != (shard_count is None):
+        raise ValueError("give both shard_index and shard_count, or neither (then: this JAX process)")
+    if shard_index is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def _local_batch(global_batch_size: int, shard_count: int, mesh: Any, data_axis: str) -> int:
+    if global_batch_size <= 0 or global_batch_size % shard_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of {shard_count} processes"
+        )
+    if mesh is not None and global_batch_size % mesh.shape[data_axis]:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a multiple of the mesh's {data_axis!r} axis "
+            f"({mesh.shape[data_axis]} devices)"
+        )
+    return global_batch_size // shard_count
+
+
+def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int, batch: int, drop_remainder: bool):
+    if num_workers > 0 and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (outside absl.app.run too)
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
+    )
+    if num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it_ds.batch(batch, drop_remainder=drop_remainder, batch_fn=_stack).__iter__()
+
+
+def train_iterator(
+    data_source: Any,
+    views: Mapping[str, views_lib.ViewSpec] | str,
+    *,
+    global_batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    mesh: Any = None,
+    data_axis: str = "data",
+    read_threads: int = 2,
+) -> grain.DatasetIterator:
+    """Endless (or ``num_epochs``) shuffled training batches of this process's shard, as local numpy dicts.
+
+    The shard is ``[shard_index::shard_count]`` of the repeated, shuffled stream (default: this JAX
+    process); the local batch is ``global_batch_size // shard_count``. ``mesh`` only checks divisibility;
+    pass each batch to :func:`to_global`.
+    """
+    index, count = _process(shard_index, shard_count)
+    local = _local_batch(global_batch_size, count, mesh, data_axis)
+    if len(data_source) == 0:
+        raise ValueError("empty data source")
+    ds = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)[index::count]
+    ds = ds.random_map(_TrainViews(resolve_views(views)))
+    return _finish(ds, num_workers, read_threads, local, drop_remainder=True)
+
+
+def eval_plan(n: int, global_batch_size: int, shard_index: int, shard_count: int) -> tuple[int, int, int]:
+    """(start, stop, padded length) of a process's contiguous eval slice; every process gets the same
+    padded length, a multiple of the local batch."""
+    local = global_batch_size // shard_count
+    per = math.ceil(n / shard_count)
+    start = min(n, shard_index * per)
+    stop = min(n, start + per)
+    return start, stop, max(1, math.ceil(per / local)) * local
+
+
+def eval_iterator(
+    data_source: Any,
+    views: Mapping[str, views_lib.ViewSpec] | str,
+    *,
+    global_batch_size: int,
+    num_clips: int | None = None,
+    num_workers: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    mesh: Any = None,
+    data_axis: str = "data",
+    read_threads: int = 2,
+) -> grain.DatasetIterator:
+    """Every record of ``data_source`` once (over all processes), deterministic views, padded last batches.
+
+    ``num_clips`` overrides each branch's clip count (e.g. 4 for multi-clip testing). Rows with
+    ``valid=False`` are padding (empty ``name``) or decode failures (``error`` says why).
+    """
+    index, count = _process(shard_index, shard_count)
+    local = _local_batch(global_batch_size, count, mesh, data_axis)
+    spec = resolve_views(views, num_clips)
+    n = len(data_source)
+    if n == 0:
+        raise ValueError("empty data source")
+    start, stop, length = eval_plan(n, global_batch_size, index, count)
+    ds = grain.MapDataset.source(_PaddedShard(data_source, start, stop, length))
+    ds = ds.map(_EvalViews(spec, view_shapes(spec)))
+    return _finish(ds, num_workers, read_threads, local, drop_remainder=False)
+
+
+def view_shapes(spec: Mapping[str, views_lib.ViewSpec]) -> dict[str, tuple[int, ...]]:
+    """Per-branch example shape ``(num_clips, T, H, W, 3)`` (padding and failed rows are zeros of it)."""
+    return {k: (v.num_clips, v.frames_per_clip, *v.out_hw, 3) for k, v in spec.items()}
+
+
+def failed_names(batch: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(name, reason) of every row of an eval batch whose video failed to decode."""
+    return [
+        (n.decode(errors="replace"), e)
+        for n, e, v in zip(batch["name"], batch["error"], batch["valid"], strict=True)
+        if e and not v
+    ]
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh: Any, data_axis: str = "data") -> dict[str, Any]:
+    """Device fields -> global ``jax.Array`` s sharded over ``data_axis`` (each process passes its local
+    rows); host fields (:data:`HOST_FIELDS`) stay numpy."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    sharding = NamedSharding(mesh, P(data_axis))
+    return {
+        k: v if k in HOST_FIELDS else jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in batch.items()
+    }

@@ -1,0 +1,179 @@
+"""Shared TFDS builder for KVQ-style folders, written to work without TensorFlow.
+
+Why this shape: ``tfds.features.Video``/``Image`` need TensorFlow, so each record keeps the *original encoded
+file* as ``Scalar(np.object_)`` bytes and is decoded at load time (``kvq_jax.data.decode``). Records are
+stored as ArrayRecord (random access for grain), in the label file's order (``disable_shuffling``; the
+input pipeline shuffles). Features:
+
+* ``video``: bytes of the encoded file, exactly as on disk;
+* ``name``: the label file's name for the video ("train/0001.mp4"), the key of prediction/truth CSVs and
+  rank pairs (``Text``: comes back as ``bytes``);
+* ``mos``: float32 (NaN in an unlabelled split); ``source_id``: int64 (-1 when unknown);
+* ``num_frames``: int64, as probed at build time.
+
+The split is the TFDS split name. Every video is probed (frame count plus a first-frame decode) before it
+is written; a video that fails is left out *and reported*: in ``skipped.json`` next to the records, in the
+dataset's ``metadata.json`` and by :func:`load_skipped`. The rank pairs (sheets ``source``/``nonsource`` per
+split) are kept in ``metadata.json`` as data (:func:`load_pairs`); pairs naming a skipped video are dropped
+and counted there.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from kvq_jax.data import kvq_layout
+
+SKIPPED_FILE = "skipped.json"
+PROBE_THREADS = 4
+
+
+def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
+    """(number of frames, None) for a video that opens and decodes its first frame, (0, reason) otherwise."""
+    from kvq_jax.data import decode  # imported lazily: only building needs a decoder
+
+    try:
+        return decode.num_frames(path, check_decode=True), None
+    except decode.VideoDecodeError as e:
+        return 0, str(e)
+
+
+class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
+    """ArrayRecord records of a KVQ-style folder (see the module docstring); subclasses pick the folder."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Encoded video bytes, name, MOS, source id, frame count; pairs in metadata."
+    }
+
+    def __init__(self, *, file_format: str | None = "array_record", **kwargs: Any):
+        super().__init__(file_format=file_format, **kwargs)
+
+    @abc.abstractmethod
+    def _manual_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
+        """The KVQ-style folder to read."""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(self.__class__.__doc__ or "").strip(),
+            features=tfds.features.FeaturesDict(
+                {
+                    "video": tfds.features.Scalar(np.object_, doc="the encoded video file's bytes"),
+                    "name": tfds.features.Text(doc="name in the label file, e.g. train/0001.mp4"),
+                    "mos": tfds.features.Scalar(np.float32, doc="mean opinion score, NaN if unlabelled"),
+                    "source_id": tfds.features.Scalar(np.int64, doc="source (homologous group), -1 unknown"),
+                    "num_frames": tfds.features.Scalar(np.int64, doc="frame count probed at build time"),
+                }
+            ),
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,
+            homepage="https://github.com/lixinustc/KVQ-Challenge-CVPR-NTIRE2024",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        root = self._manual_root(dl_manager)
+        layouts = kvq_layout.read_layout(root)
+        entries = [(split, v) for split, lay in layouts.items() for v in lay.videos]
+        with ThreadPoolExecutor(PROBE_THREADS) as pool:
+            probes = list(
+                tqdm(
+                    pool.map(lambda sv: probe_video(sv[1].path), entries),
+                    total=len(entries),
+                    desc=f"probing {self.name} videos",
+                    unit="video",
+                )
+            )
+        kept: dict[str, list[tuple[kvq_layout.VideoEntry, int]]] = {s: [] for s in layouts}
+        skipped = []
+        for (split, v), (n, reason) in zip(entries, probes, strict=True):
+            if reason is None:
+                kept[split].append((v, n))
+            else:
+                skipped.append({"split": split, "name": v.name, "path": str(v.path), "reason": reason})
+        empty = [s for s, items in kept.items() if not items]
+        if empty:
+            raise kvq_layout.LayoutError(
+                f"{root}: no decodable video left in split(s) {empty}; skipped: {json.dumps(skipped)}"
+            )
+        bad = {s["name"] for s in skipped}
+        pairs: dict[str, dict[str, list[list[Any]]]] = {}
+        dropped: dict[str, int] = {}
+        for split, lay in layouts.items():
+            pairs[split] = {}
+            for sheet, rows in lay.pairs.items():
+                good = [list(p) for p in rows if p[0] not in bad and p[1] not in bad]
+                pairs[split][sheet] = good
+                dropped[f"{split}/{sheet}"] = len(rows) - len(good)
+        meta = self.info.metadata
+        meta.clear()
+        meta.update(
+            {
+                "manual_dir": str(root),
+                "label_files": {s: str(lay.csv_path) for s, lay in layouts.items()},
+                "pair_files": {s: str(lay.pairs_path) for s, lay in layouts.items() if lay.pairs_path},
+                "labelled": {s: lay.labelled for s, lay in layouts.items()},
+                "listed": {s: len(lay.videos) for s, lay in layouts.items()},
+                "pairs": pairs,
+                "dropped_pairs": dropped,
+                "skipped": skipped,
+            }
+        )
+        out = Path(self.data_dir)  # the temporary dir that TFDS renames into place once the build succeeds
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
+        return {split: self._generate_examples(items) for split, items in kept.items()}
+
+    def _generate_examples(self, items: list[tuple[kvq_layout.VideoEntry, int]]):
+        for v, n in items:
+            yield (
+                v.name,
+                {
+                    "video": v.path.read_bytes(),
+                    "name": v.name,
+                    "mos": np.float32(v.mos),
+                    "source_id": v.source_id,
+                    "num_frames": n,
+                },
+            )
+
+
+def _builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
+    import kvq_jax.data.tfds_kvq  # noqa: F401  (registers the builders)
+
+    return tfds.builder(name, data_dir=os.fspath(data_dir))
+
+
+def load_metadata(data_dir: str | os.PathLike, name: str = "kvq") -> dict[str, Any]:
+    """The build report stored with a prepared dataset (pairs, skipped videos, label files, counts)."""
+    path = Path(_builder(name, data_dir).data_path) / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metadata; build the dataset with python -m kvq_jax.data.build")
+    return json.loads(path.read_text())
+
+
+def load_pairs(
+    data_dir: str | os.PathLike, name: str = "kvq", split: str = "val"
+) -> dict[str, list[tuple[str, str, int]]]:
+    """Rank pairs of a prepared split: ``{"source": [(video1, video2, rank)], "nonsource": [...]}``.
+
+    ``rank`` is 1 when video1 is better (the challenge's convention); empty dict when the folder had no
+    rank-pair workbook for the split."""
+    pairs = load_metadata(data_dir, name)["pairs"]
+    if split not in pairs:
+        raise KeyError(f"{name} in {data_dir} has no split {split!r}; it has {sorted(pairs)}")
+    return {sheet: [(a, b, int(r)) for a, b, r in rows] for sheet, rows in pairs[split].items()}
+
+
+def load_skipped(data_dir: str | os.PathLike, name: str = "kvq") -> list[dict[str, str]]:
+    """Videos left out at build time, each with split, name, path and the decoder's reason."""
+    return list(load_metadata(data_dir, name)["skipped"])

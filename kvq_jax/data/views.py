@@ -1,0 +1,431 @@
+"""The DOVER / FAST-VQA input views: temporal sampling, spatial fragments and the square resize.
+
+These reproduce what the official PyTorch data code computes (``UnifiedFrameSampler`` /
+``get_spatial_fragments`` / ``torchvision.transforms.Resize`` in VQAssessment/DOVER and FAST-VQA; see
+``/work/shared/reference/models.md`` §0.2, §0.3), quirks included:
+
+* temporal sampling cuts the video into equal segments with one offset per segment; indices wrap modulo the
+  number of frames for short videos; a view without ``t_frag`` uses ``num_clips`` as the number of segments;
+* fragments are a ``fragments_h × fragments_w`` grid of ``fsize`` patches whose offsets are shared by each
+  chunk of ``aligned`` frames; a video smaller than the fragment canvas is first upscaled (bilinear on
+  x/255, ×255, *truncated* to uint8) but — the official bug — the grid is still laid out from the
+  pre-upscale size, so only the top-left part of the upscaled video is sampled;
+* the resize view squashes to ``size_h × size_w`` ignoring the aspect ratio, bilinear without antialiasing,
+  rounded to uint8 (the torch 1.13 / torchvision 0.14 tensor path).
+
+Two deliberate differences: randomness comes from an explicit ``np.random.Generator`` (the official code
+draws from unseeded global RNGs, even at test time), and ``rng=None`` selects a deterministic *centred* mode
+(temporal offsets and fragment offsets in the middle of their ranges) so that test-time scores are
+reproducible.
+
+Bilinear interpolation is computed in float32 exactly as torch's CPU ``upsample_bilinear2d`` generic
+(channels-first) kernel does on x86-64/AVX2 builds, including the fused multiply-adds the compiler emits
+there: the truncation to uint8 after upscaling turns last-bit differences into ±1 pixel differences, so the
+arithmetic is matched, not merely approximated. All arrays are channels-last uint8 until :func:`normalize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kvq_jax.data.decode import VideoSource, decode_frames, open_video, source_label
+
+# ImageNet statistics on the 0-255 scale, as both official repositories normalise every Swin/ConvNeXt view.
+MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+_KINDS = ("fragments", "resize")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+    """One view of a video, with the official yml's field names.
+
+    ``kind`` is ``"fragments"`` (grid of ``fsize`` patches) or ``"resize"`` (square resize to
+    ``size_h×size_w``). Temporal fields: without ``t_frag`` the sampler takes ``num_clips`` segments of
+    ``clip_len`` frames (stride ``frame_interval``); with ``t_frag`` each of the ``num_clips`` clips is
+    ``t_frag`` segments of ``clip_len // t_frag`` frames.
+    """
+
+    kind: str
+    clip_len: int = 32
+    frame_interval: int = 2
+    num_clips: int = 1
+    t_frag: int | None = None
+    fragments_h: int = 7
+    fragments_w: int = 7
+    fsize_h: int = 32
+    fsize_w: int = 32
+    aligned: int = 32
+    size_h: int = 224
+    size_w: int = 224
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"ViewSpec.kind must be one of {_KINDS}, got {self.kind!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "kind" and value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
+        if self.t_frag is not None and self.t_frag > self.clip_len:
+            raise ValueError(f"ViewSpec.t_frag ({self.t_frag}) must not exceed clip_len ({self.clip_len})")
+        total = self.frames_per_clip * self.num_clips
+        if self.kind == "fragments" and total > 1 and total % self.aligned:
+            raise ValueError(
+                f"fragments view: {total} frames ({self.num_clips} clips of {self.frames_per_clip}) "
+                f"are not a multiple of aligned={self.aligned}"
+            )
+
+    @property
+    def frames_per_clip(self) -> int:
+        """Frames in one clip (``clip_len``, or ``(clip_len // t_frag) * t_frag`` in the ``t_frag`` form)."""
+        if self.t_frag is None:
+            return self.clip_len
+        return (self.clip_len // self.t_frag) * self.t_frag
+
+    @property
+    def total_frames(self) -> int:
+        """Frames sampled for the whole view: ``frames_per_clip * num_clips``."""
+        return self.frames_per_clip * self.num_clips
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """Spatial size of the view."""
+        if self.kind == "fragments":
+            return self.fragments_h * self.fsize_h, self.fragments_w * self.fsize_w
+        return self.size_h, self.size_w
+
+
+def _fragments(
+    h: int, w: int, fsize: int, aligned: int, clip_len: int, num_clips: int, **kw: Any
+) -> ViewSpec:
+    return ViewSpec(
+        "fragments",
+        clip_len=clip_len,
+        frame_interval=2,
+        num_clips=num_clips,
+        fragments_h=h,
+        fragments_w=w,
+        fsize_h=fsize,
+        fsize_w=fsize,
+        aligned=aligned,
+        **kw,
+    )
+
+
+_DOVER_VIEWS = {
+    "technical": _fragments(7, 7, 32, aligned=32, clip_len=32, num_clips=3),
+    "aesthetic": ViewSpec(
+        "resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1, size_h=224, size_w=224
+    ),
+}
+
+# Test-time views of each released model, checked against dover.yml / dover-mobile.yml (identical data
+# sections) and FAST-VQA-and-FasterVQA/options/fast/{fast-b,f3dvqa-b,fastervqa-mt,fastervqa-ms,fast-m}.yml.
+VIEW_PRESETS: dict[str, dict[str, ViewSpec]] = {
+    "dover": dict(_DOVER_VIEWS),
+    "dover_mobile": dict(_DOVER_VIEWS),
+    "fastvqa_b": {"fragments": _fragments(7, 7, 32, aligned=32, clip_len=32, num_clips=4)},
+    "fastervqa": {"fragments": _fragments(7, 7, 32, aligned=8, clip_len=32, num_clips=1, t_frag=8)},
+    "fastervqa_mt": {"fragments": _fragments(7, 7, 32, aligned=8, clip_len=16, num_clips=1, t_frag=4)},
+    "fastervqa_ms": {"fragments": _fragments(5, 5, 32, aligned=8, clip_len=32, num_clips=1, t_frag=8)},
+    "fastvqa_m": {"fragments": _fragments(4, 4, 32, aligned=8, clip_len=16, num_clips=4)},
+}
+
+
+def preset_views(preset: str) -> dict[str, ViewSpec]:
+    """The test-time views of ``preset`` (a copy of ``VIEW_PRESETS[preset]``)."""
+    if preset not in VIEW_PRESETS:
+        raise KeyError(f"unknown view preset {preset!r}; known: {sorted(VIEW_PRESETS)}")
+    return dict(VIEW_PRESETS[preset])
+
+
+def train_views(preset: str) -> dict[str, ViewSpec]:
+    """The training form of ``preset``: every branch with ``num_clips=1``.
+
+    DOVER's ``transfer_learning.py`` forces the technical view to one clip (one segment over the whole video),
+    and the FAST-VQA training ymls use ``num_clips: 1`` with otherwise identical views.
+    """
+    return {branch: dataclasses.replace(spec, num_clips=1) for branch, spec in preset_views(preset).items()}
+
+
+def sample_frame_indices(num_frames: int, spec: ViewSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """Frame indices of one view, int64 of length ``spec.total_frames`` (clip after clip).
+
+    The video is cut into ``segments`` equal parts of ``L = num_frames // segments`` frames; each part gives
+    ``fsize_t`` frames ``start + offset + frame_interval * k``. ``offset`` is drawn from
+    ``[0, L - fsize_t * frame_interval)`` (``rng``, one per segment and clip) or is the centre
+    ``(L - fsize_t * frame_interval) // 2`` (``rng=None``); it is 0 when the segment is too short. Indices
+    wrap modulo ``num_frames``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if spec.t_frag is None:  # Sampler(clip_len, num_clips, interval): num_clips segments, one clip each
+        fsize_t, segments, repeats = spec.clip_len, spec.num_clips, 1
+    else:  # Sampler(clip_len // t_frag, t_frag, interval, num_clips): fresh offsets per clip
+        fsize_t, segments, repeats = spec.clip_len // spec.t_frag, spec.t_frag, spec.num_clips
+    seg_len = num_frames // segments
+    span = fsize_t * spec.frame_interval
+    if seg_len <= span:
+        offsets = np.zeros((repeats, segments), dtype=np.int64)
+    elif rng is None:
+        offsets = np.full((repeats, segments), (seg_len - span) // 2, dtype=np.int64)
+    else:
+        offsets = rng.integers(0, seg_len - span, size=(repeats, segments), dtype=np.int64)
+    starts = seg_len * np.arange(segments, dtype=np.int64)
+    steps = spec.frame_interval * np.arange(fsize_t, dtype=np.int64)
+    indices = starts[None, :, None] + offsets[:, :, None] + steps[None, None, :]
+    return np.mod(indices.reshape(-1), num_frames)
+
+
+# ------------------------------------------------------------------------------------------------ bilinear
+
+
+def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``a*b + c`` with one rounding, as a fused multiply-add.
+
+    The float32 product is exact in float64, so only the final sum is rounded twice (f64 then f32); that
+    differs from a true FMA only when the float64 sum lands exactly on a float32 rounding tie (probability
+    ~2^-29).
+    """
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def _axis_weights(
+    in_size: int, out_size: int, scale: np.float32, count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of the first ``count`` outputs along one axis (align_corners=False).
+
+    Mirrors torch's ``compute_source_index_and_lambda``: ``src = max(scale * (dst + 0.5) - 0.5, 0)`` (fused),
+    ``i0 = min(floor(src), in - 1)``, ``i1 = i0 + (i0 < in - 1)``, ``l1 = src - i0``, ``l0 = 1 - l1``, all
+    float32; an axis whose size does not change is copied.
+    """
+    dst = np.arange(count)
+    if in_size == out_size:
+        return dst, dst, np.ones(count, np.float32), np.zeros(count, np.float32)
+    half = np.float32(0.5)
+    src = _fma(np.full(count, scale, np.float32), dst.astype(np.float32) + half, np.full(count, -half))
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    lam1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    lam0 = (np.float32(1) - lam1).astype(np.float32)
+    return i0, i0 + (i0 < in_size - 1), lam0, lam1
+
+
+def _bilinear(
+    video: np.ndarray,
+    out_hw: tuple[int, int],
+    scales: tuple[np.float32, np.float32],
+    count_hw: tuple[int, int],
+    unit_scale: bool,
+    order: np.ndarray,
+) -> np.ndarray:
+    """First ``count_hw`` rows/cols of the bilinear resize of uint8 ``video[order]`` to ``out_hw`` (uint8).
+
+    The arithmetic follows torch's generic kernel in float32: per row ``t = x[w0]*b0 + x[w1]*b1``, then
+    ``t[h0]*a0 + t[h1]*a1``, the first product of each sum fused with the addition (float64 accumulator, see
+    :func:`_fma`). Back to uint8 either by rounding (``unit_scale=False``: torchvision's resize) or, with
+    ``unit_scale=True``, as the official upscale does: interpolate ``x / 255``, multiply by 255, truncate.
+    Frames are processed one at a time so the temporaries stay in cache (~3x faster than whole clips).
+    """
+    _, in_h, in_w, _ = video.shape
+    h0, h1, a0, a1 = _axis_weights(in_h, out_hw[0], scales[0], count_hw[0])
+    w0, w1, b0, b1 = _axis_weights(in_w, out_hw[1], scales[1], count_hw[1])
+    rows, row_pos = np.unique(np.concatenate([h0, h1]), return_inverse=True)
+    r0, r1 = row_pos[: h0.size], row_pos[h0.size :]
+    cols = np.concatenate([w0, w1])
+    a0, a1 = a0.astype(np.float64)[:, None, None], a1[:, None, None]
+    b0, b1 = b0.astype(np.float64)[:, None], b1[:, None]
+    out = np.empty((order.size, count_hw[0], count_hw[1], video.shape[3]), np.uint8)
+    for t, frame in enumerate(order):
+        x = np.take(video[frame, rows], cols, axis=1)  # [rows, 2 * count_w, C]: x[w0] then x[w1]
+        if unit_scale:
+            x = x.astype(np.float32)
+            x /= np.float32(255.0)
+        acc = x[:, : w0.size].astype(np.float64)
+        acc *= b0
+        acc += x[:, w0.size :] * b1  # float32 product, rounded, then added with the fused product
+        row = acc.astype(np.float32)
+        acc = row[r0].astype(np.float64)
+        acc *= a0
+        acc += row[r1] * a1
+        result = acc.astype(np.float32)
+        if unit_scale:
+            result *= np.float32(255.0)
+            out[t] = np.minimum(result, np.float32(255.0))  # float -> uint8 assignment truncates
+        else:
+            out[t] = np.clip(np.rint(result), 0, 255)
+    return out
+
+
+def resize_view(video: np.ndarray, spec: ViewSpec, *, order: np.ndarray | None = None) -> np.ndarray:
+    """Square resize of uint8 ``video`` [T,H,W,C] to ``[T, size_h, size_w, C]`` uint8.
+
+    torch ``F.interpolate(x.float(), (size_h, size_w), mode="bilinear", align_corners=False,
+    antialias=False)`` then ``round`` (half to even), as torchvision 0.14's ``Resize`` does on uint8 tensors.
+    ``order`` resizes the frames ``video[order]`` instead, without copying them first.
+    """
+    order = _frame_order(video, order)
+    out_h, out_w = spec.size_h, spec.size_w
+    _, in_h, in_w, _ = video.shape
+    scales = (np.float32(in_h) / np.float32(out_h), np.float32(in_w) / np.float32(out_w))
+    return _bilinear(video, (out_h, out_w), scales, (out_h, out_w), unit_scale=False, order=order)
+
+
+# ------------------------------------------------------------------------------------------------ fragments
+
+
+def _upscaled_top_left(video: np.ndarray, ratio: float, order: np.ndarray) -> np.ndarray:
+    """The top-left ``H×W`` corner of the official small-video upscale of ``video[order]``, uint8.
+
+    Official: ``interpolate(video / 255., scale_factor=1/ratio, mode="bilinear")``, ``* 255.``, cast to uint8
+    (truncation). The output size is ``int(size * (1/ratio))``; the kernel uses ``float32(1 / (1/ratio))`` as
+    its source step. Only the corner is computed because the (pre-upscale) grid never leaves it.
+    """
+    _, in_h, in_w, _ = video.shape
+    factor = 1.0 / ratio
+    out_hw = (int(in_h * factor), int(in_w * factor))
+    step = np.float32(1.0 / factor)
+    return _bilinear(video, out_hw, (step, step), (in_h, in_w), unit_scale=True, order=order)
+
+
+def _cell_offsets(
+    cell: int, fsize: int, shape: tuple[int, ...], rng: np.random.Generator | None
+) -> np.ndarray:
+    """Patch offsets in a grid cell: uniform in ``[0, cell - fsize)``, centred, or 0 if the cell is small."""
+    if cell <= fsize:
+        return np.zeros(shape, np.int64)
+    if rng is None:
+        return np.full(shape, (cell - fsize) // 2, np.int64)
+    return rng.integers(0, cell - fsize, size=shape, dtype=np.int64)
+
+
+def fragment_grid(height: int, width: int, spec: ViewSpec) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Cell origins along H and W and the cell sizes, from the (pre-upscale) frame size.
+
+    Origins are ``min((size // n) * i, size - fsize)``; cells are ``size // n`` pixels.
+    """
+    cell_h, cell_w = height // spec.fragments_h, width // spec.fragments_w
+    grid_h = np.minimum(cell_h * np.arange(spec.fragments_h), height - spec.fsize_h)
+    grid_w = np.minimum(cell_w * np.arange(spec.fragments_w), width - spec.fsize_w)
+    return grid_h, grid_w, cell_h, cell_w
+
+
+def spatial_fragments(
+    video: np.ndarray, spec: ViewSpec, rng: np.random.Generator | None, *, order: np.ndarray | None = None
+) -> np.ndarray:
+    """Grid-of-patches view of uint8 ``video`` [T,H,W,C]: uint8 ``[T, fh * fsize_h, fw * fsize_w, C]``.
+
+    Patch (i, j) of frame t comes from ``(grid_h[i] + off_h[i, j, t // aligned], grid_w[j] + off_w[...])``;
+    ``off_h`` then ``off_w`` are drawn from ``rng`` with shape ``(fragments_h, fragments_w, T // aligned)``
+    (centred when ``rng`` is None). A single frame uses ``aligned = 1``. ``order`` takes the frames
+    ``video[order]`` instead, copying only the patches.
+    """
+    order = _frame_order(video, order)
+    frames, (_, height, width, channels) = order.size, video.shape
+    fh, fw, ph, pw = spec.fragments_h, spec.fragments_w, spec.fsize_h, spec.fsize_w
+    if height < ph or width < pw:
+        raise ValueError(f"video of {height}x{width} is smaller than one {ph}x{pw} fragment")
+    aligned = 1 if frames == 1 else spec.aligned
+    if frames % aligned:
+        raise ValueError(f"{frames} frames are not a multiple of aligned={aligned}")
+    ratio = min(height / (fh * ph), width / (fw * pw))
+    if ratio < 1:
+        video, order = _upscaled_top_left(video, ratio, order), np.arange(frames)
+    grid_h, grid_w, cell_h, cell_w = fragment_grid(height, width, spec)
+    chunks = frames // aligned
+    off_h = _cell_offsets(cell_h, ph, (fh, fw, chunks), rng)
+    off_w = _cell_offsets(cell_w, pw, (fh, fw, chunks), rng)
+    out = np.empty((frames, fh * ph, fw * pw, channels), np.uint8)
+    for c in range(chunks):
+        t = slice(c * aligned, (c + 1) * aligned)
+        src = order[t]
+        for i in range(fh):
+            for j in range(fw):
+                y, x = grid_h[i] + off_h[i, j, c], grid_w[j] + off_w[i, j, c]
+                out[t, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw] = video[src, y : y + ph, x : x + pw]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def _frame_order(video: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """Check ``video`` is uint8 [T, H, W, C]; the frames to use, ``arange(T)`` by default."""
+    if video.ndim != 4 or video.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 video [T, H, W, C], got {video.dtype} {video.shape}")
+    if order is None:
+        return np.arange(video.shape[0])
+    order = np.asarray(order)
+    if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer) or order.size == 0:
+        raise ValueError(f"order must be a non-empty 1-D integer array, got {order.dtype} {order.shape}")
+    if order.min() < 0 or order.max() >= video.shape[0]:
+        raise ValueError(f"order indexes frames outside [0, {video.shape[0]})")
+    return order
+
+
+def make_view(
+    video: np.ndarray, spec: ViewSpec, rng: np.random.Generator | None, *, order: np.ndarray | None = None
+) -> np.ndarray:
+    """Build one view from its sampled frames [spec.total_frames, H, W, C]: ``[num_clips, T, h, w, C]`` uint8.
+
+    The spatial transform runs over all ``num_clips * T`` frames at once (as the official code does, so
+    ``aligned`` chunks are counted over the whole view), then frames are split into consecutive clips.
+    With ``order`` the sampled frames are ``video[order]`` (decoded frames shared by several views).
+    """
+    count = video.shape[0] if order is None else len(order)
+    if count != spec.total_frames:
+        raise ValueError(f"view needs {spec.total_frames} frames, got {count}")
+    if spec.kind == "fragments":
+        view = spatial_fragments(video, spec, rng, order=order)
+    else:
+        view = resize_view(video, spec, order=order)
+    return view.reshape(spec.num_clips, spec.frames_per_clip, *view.shape[1:])
+
+
+def sample_view_indices(
+    num_frames: int, views: Mapping[str, ViewSpec], rng: np.random.Generator | None
+) -> dict[str, np.ndarray]:
+    """Frame indices of every view (branch -> int64 array), drawn in the mapping's order."""
+    return {branch: sample_frame_indices(num_frames, spec, rng) for branch, spec in views.items()}
+
+
+def sample_views(
+    source: VideoSource,
+    views: Mapping[str, ViewSpec],
+    rng: np.random.Generator | None,
+    name: str | None = None,
+    *,
+    num_threads: int = 1,
+) -> dict[str, np.ndarray]:
+    """Decode ``source`` once and build every view: branch -> uint8 ``[num_clips, T, H, W, 3]``.
+
+    All temporal draws come first (in the order of ``views``), then the spatial draws; the union of the frame
+    indices of all views is decoded in one sorted pass. Raises :class:`~kvq_jax.data.decode.VideoDecodeError`
+    for unreadable videos.
+    """
+    if not views:
+        raise ValueError("no views requested")
+    label = source_label(source, name)
+    reader = open_video(source, name, num_threads=num_threads)
+    indices = sample_view_indices(len(reader), views, rng)
+    wanted = np.unique(np.concatenate(list(indices.values())))
+    frames = decode_frames(reader, wanted, name=label)
+    del reader
+    return {
+        branch: make_view(frames, spec, rng, order=np.searchsorted(wanted, indices[branch]))
+        for branch, spec in views.items()
+    }
+
+
+def normalize(x: Any) -> Any:
+    """uint8 pixels (numpy or jax, channels-last) -> float32 ``(x - MEAN) / STD`` on the 0-255 scale.
+
+    Only arithmetic is used, so the same function normalises numpy batches on the host and jax arrays on
+    device.
+    """
+    return (x - MEAN) / STD

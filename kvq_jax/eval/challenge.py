@@ -1,0 +1,515 @@
+"""NTIRE 2024 KVQ challenge score, computed as the official ``metric_score.py`` does.
+
+Official semantics (see the challenge repository and ``models.md`` §7):
+
+* SROCC and PLCC are SciPy's, on the *raw* predicted scores ordered like the truth file (no rescale, no fit).
+* Pairs come from ``rank-pair-val.xlsx``: sheet ``source`` (homologous pairs, "Rank1") and sheet
+  ``nonsource`` ("Rank2"); each row is ``video1, video2, rank`` read positionally, after a header row.
+  The predicted rank is 1 when ``score1 >= score2`` (a tie counts as "video1 better") and 2 otherwise;
+  accuracy is the fraction of rows whose predicted rank equals the label.
+* ``final = 0.45 * SROCC + 0.45 * PLCC + 0.05 * Rank2(nonsource) + 0.05 * Rank1(source)``.
+
+Deliberate differences, all of them errors where the official script would crash or silently mis-score
+(:class:`ScoreInputError` names the offending file, row and video):
+
+* a truth video without a prediction (official: ``None`` in the score list, a crash in SciPy),
+* duplicate names in any scores file (official: last prediction silently wins; truth rows counted twice),
+* NaN, infinite or non-numeric scores, empty files, a missing ``source``/``nonsource`` sheet,
+* a pair naming a video that is not in the truth file (official: ``None >= float`` crash, or a pair that
+  silently scores against a different split), a rank label other than 1 or 2,
+* constant predictions or labels (SROCC/PLCC undefined; official: NaN final).
+
+Names are matched exactly as written, after stripping surrounding whitespace.  With ``basename=True`` the
+readers reduce every name to its last path component (``train/0001_0.mp4`` -> ``0001_0.mp4``) and refuse
+two names that collapse onto the same basename.  Predictions for videos absent from the truth file are
+ignored, as the official scorer does.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import posixpath
+import warnings
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+from tqdm import tqdm
+
+from kvq_jax.eval import metrics
+
+__all__ = [
+    "PAIR_KINDS",
+    "ChallengeScore",
+    "Pair",
+    "Pairs",
+    "ScoreInputError",
+    "bootstrap_ci",
+    "challenge_score",
+    "pair_accuracy",
+    "read_pairs",
+    "read_scores_csv",
+    "read_video_names",
+]
+
+PAIR_KINDS = ("source", "nonsource")
+PREDICTION_MEMBER = "prediction.csv"  # the file name Codalab's scoring program opens inside a submission zip
+_MAX_LISTED = 10
+
+PathLike = str | os.PathLike
+
+
+class ScoreInputError(ValueError):
+    """Bad scorer input (missing/duplicate/unknown video, non-numeric score, malformed file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One ranked pair; ``rank`` 1 means ``video1`` is the better video, 2 means ``video2`` is."""
+
+    video1: str
+    video2: str
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """The two pair sets of the challenge: ``source`` (Rank1) and ``nonsource`` (Rank2)."""
+
+    source: tuple[Pair, ...]
+    nonsource: tuple[Pair, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChallengeScore:
+    """The challenge score and its parts; ``rmse`` is after the DOVER linear rescale (not in ``final``)."""
+
+    final: float
+    srocc: float
+    plcc: float
+    rank1: float
+    rank2: float
+    krocc: float
+    rmse: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def _listing(names: Iterable[str]) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+    return shown + (f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def _basename(name: str) -> str:
+    return posixpath.basename(name.replace("\\", "/"))
+
+
+def _cell_text(value: object) -> str:
+    """Spreadsheet cell -> name; integral floats lose their ``.0`` so numeric names match CSV text."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return "" if value is None else str(value).strip()
+
+
+def _parse_score(text: str, where: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScoreInputError(f"{where}: score {text!r} for {name!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ScoreInputError(f"{where}: score for {name!r} is {text.strip()!r}, not a finite number")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _open_text(path: Path) -> io.StringIO:
+    """Text of a CSV, or of ``prediction.csv`` at the root of a submission zip (what Codalab unpacks)."""
+    if not path.is_file():
+        raise ScoreInputError(f"{path}: no such file")
+    if path.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = zf.namelist()
+                if PREDICTION_MEMBER not in members:
+                    raise ScoreInputError(
+                        f"{path}: no {PREDICTION_MEMBER!r} at the zip root ({_listing(members)})"
+                    )
+                raw = zf.read(PREDICTION_MEMBER)
+        except zipfile.BadZipFile as e:
+            raise ScoreInputError(f"{path}: not a valid zip file ({e})") from None
+    else:
+        raw = path.read_bytes()
+    try:
+        return io.StringIO(raw.decode("utf-8-sig"), newline="")
+    except UnicodeDecodeError as e:
+        raise ScoreInputError(f"{path}: not a UTF-8 text file ({e})") from None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank CSV rows with the 1-based line number where each ends."""
+    reader = csv.reader(_open_text(path))
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            yield reader.line_num, row
+
+
+def _normalise_names(
+    items: list[tuple[str, str, float | None]], basename: bool, path: Path
+) -> list[tuple[str, str, float | None]]:
+    """``(name, where, value)`` -> ``(key, where, value)``, rejecting duplicates (after ``basename``)."""
+    seen: dict[str, tuple[str, str]] = {}
+    dups: list[str] = []
+    out = []
+    for name, where, value in items:
+        key = _basename(name) if basename else name
+        if key in seen:
+            first_name, first_where = seen[key]
+            dups.append(f"{name!r} ({where}; first as {first_name!r} at {first_where})")
+        else:
+            seen[key] = (name, where)
+        out.append((key, where, value))
+    if dups:
+        raise ScoreInputError(f"{path}: duplicate video names: {'; '.join(dups[:_MAX_LISTED])}")
+    return out
+
+
+def _read_named_rows(path: Path, need_score: bool, basename: bool) -> list[tuple[str, str, float | None]]:
+    """``(name, where, score)`` rows of a ``filename[,score]`` CSV, duplicates rejected (after ``basename``).
+
+    A header is recognised when the first row is not ``name,number``; it must then name a ``filename`` column
+    (and ``score`` if ``need_score``), in any order, extra columns allowed, case and spaces ignored.
+    """
+    rows = list(_csv_rows(path))
+    if not rows:
+        raise ScoreInputError(f"{path}: empty file, expected 'filename,score' rows")
+    first_line, first = rows[0]
+    needed = ["filename", "score"] if need_score else ["filename"]
+    if len(first) >= 2 and _is_number(first[1]):
+        name_col, score_col, body = 0, 1, rows
+        wrong = [(n, r) for n, r in rows if len(r) != 2]
+        if wrong:
+            lineno, row = wrong[0]
+            raise ScoreInputError(f"{path}:{lineno}: expected 2 fields 'name,score', got {len(row)}: {row}")
+    else:
+        header = [cell.strip().lower() for cell in first]
+        if not set(needed) <= set(header):
+            raise ScoreInputError(
+                f"{path}:{first_line}: header {first} lacks the column(s) {needed} "
+                "(or give headerless 'name,score' lines)"
+            )
+        name_col = header.index("filename")
+        score_col = header.index("score") if "score" in header else None
+        body = rows[1:]
+        if not body:
+            raise ScoreInputError(f"{path}: header only, no rows")
+    items = []
+    for lineno, row in body:
+        where = f"{path}:{lineno}"
+        if len(row) <= max(name_col, score_col or 0):
+            raise ScoreInputError(f"{where}: row {row} is missing the {' or '.join(needed)} column")
+        name = row[name_col].strip()
+        if not name:
+            raise ScoreInputError(f"{where}: empty video name")
+        score = _parse_score(row[score_col], where, name) if need_score else None
+        items.append((name, where, score))
+    return _normalise_names(items, basename, path)
+
+
+def read_scores_csv(path: PathLike, *, basename: bool = False) -> dict[str, float]:
+    """Read ``filename,score`` rows (with header) or headerless ``name,score`` lines (KVQ ``output.txt``).
+
+    A ``.zip`` path is read as a submission: its root ``prediction.csv``.  Names keep file order.
+    """
+    return {key: score for key, _, score in _read_named_rows(Path(path), True, basename)}
+
+
+def read_video_names(path: PathLike, *, basename: bool = False) -> list[str]:
+    """The ``filename`` column of a CSV (a score column is optional), e.g. the list of test videos."""
+    return [key for key, _, _ in _read_named_rows(Path(path), False, basename)]
+
+
+def _parse_rank(value: object, where: str) -> int:
+    text = _cell_text(value)
+    if text not in ("1", "2"):
+        raise ScoreInputError(f"{where}: rank label {value!r} is not 1 (video1 better) or 2 (video2 better)")
+    return int(text)
+
+
+def _looks_like_pair(row: Sequence[object]) -> bool:
+    return len(row) >= 3 and _cell_text(row[2]) in ("1", "2")
+
+
+def _pair_from_row(row: Sequence[object], where: str, basename: bool) -> Pair:
+    if len(row) < 3:
+        raise ScoreInputError(f"{where}: expected video1, video2, rank; got {list(row)}")
+    names = [_cell_text(row[0]), _cell_text(row[1])]
+    if not all(names):
+        raise ScoreInputError(f"{where}: empty video name in {list(row[:3])}")
+    if basename:
+        names = [_basename(n) for n in names]
+    return Pair(names[0], names[1], _parse_rank(row[2], where))
+
+
+def _read_xlsx_pairs(path: Path, basename: bool) -> dict[str, list[Pair]]:
+    """Sheets ``source``/``nonsource`` of the official workbook; other sheets are ignored, as officially."""
+    import openpyxl  # imported lazily: only xlsx pair files need it
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # openpyxl raises several unrelated types for non-workbooks
+        raise ScoreInputError(f"{path}: cannot read as an .xlsx workbook: {e}") from e
+    try:
+        found: dict[str, list[Pair]] = {}
+        for kind in PAIR_KINDS:
+            if kind not in wb.sheetnames:
+                continue
+            rows = [
+                (r, row)
+                for r, row in enumerate(wb[kind].iter_rows(values_only=True), start=1)
+                if any(_cell_text(c) for c in row)
+            ]
+            if rows and _looks_like_pair(rows[0][1]):
+                warnings.warn(
+                    f"{path}[{kind}] row {rows[0][0]} looks like a pair, but the first row is a header "
+                    "(as the official scorer reads it) and is skipped",
+                    stacklevel=3,
+                )
+            found[kind] = [_pair_from_row(row, f"{path}[{kind}] row {r}", basename) for r, row in rows[1:]]
+        if not found:
+            raise ScoreInputError(f"{path}: no 'source' or 'nonsource' sheet (sheets: {wb.sheetnames})")
+        return found
+    finally:
+        wb.close()
+
+
+def _kind_from_name(path: Path) -> str | None:
+    stem = path.stem.lower()
+    return "nonsource" if "nonsource" in stem else "source" if "source" in stem else None
+
+
+def _read_csv_pairs(path: Path, kind: str | None, basename: bool) -> dict[str, list[Pair]]:
+    """A pairs CSV: header row, then ``video1,video2,rank`` (by name if the header has them, else columns
+    0-2), with an optional ``sheet`` column (``source``/``nonsource``) that overrides the file's kind."""
+    rows = list(_csv_rows(path))
+    if not rows:
+        raise ScoreInputError(f"{path}: empty pairs file, expected a header and 'video1,video2,rank' rows")
+    first_line, first = rows[0]
+    if _looks_like_pair(first):
+        raise ScoreInputError(
+            f"{path}:{first_line}: first row {first} looks like data; add the header 'video1,video2,rank'"
+        )
+    header = [cell.strip().lower() for cell in first]
+    named = ("video1", "video2", "rank")
+    cols = [header.index(c) for c in named] if set(named) <= set(header) else [0, 1, 2]
+    sheet_col = header.index("sheet") if "sheet" in header else None
+    if sheet_col is None and kind is None:
+        raise ScoreInputError(
+            f"{path}: cannot tell source from nonsource pairs: add a 'sheet' column, name the file "
+            "*source*/*nonsource*, or pass it as 'source=PATH' / 'nonsource=PATH'"
+        )
+    found: dict[str, list[Pair]] = {}
+    for lineno, row in rows[1:]:
+        where = f"{path}:{lineno}"
+        row_kind = kind
+        if sheet_col is not None:
+            row_kind = row[sheet_col].strip().lower() if sheet_col < len(row) else ""
+            if row_kind not in PAIR_KINDS:
+                raise ScoreInputError(f"{where}: sheet {row_kind!r} is not 'source' or 'nonsource'")
+        picked = [row[c] if c < len(row) else "" for c in cols]
+        found.setdefault(row_kind, []).append(_pair_from_row(picked, where, basename))
+    return found
+
+
+def read_pairs(paths: PathLike | Sequence[PathLike], *, basename: bool = False) -> Pairs:
+    """Read the challenge pairs from the official ``.xlsx`` or from CSVs, merged over all ``paths``.
+
+    * ``*.xlsx``: sheets ``source`` and ``nonsource``, first row a header, columns 0-2 positional.
+    * any other file is a CSV with a header row: ``video1,video2,rank`` (by name when the header has them,
+      else columns 0-2) and an optional ``sheet`` column (``source``/``nonsource``) per row.  Without it the
+      kind comes from a ``source=``/``nonsource=`` prefix on the path or else from the file name
+      (``nonsource`` is looked for first, so ``rank_nonsource.csv`` and ``rank_source.csv`` both work).
+
+    Both kinds must end up non-empty (the final score needs both accuracies).
+    """
+    specs = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not specs:
+        raise ScoreInputError("no pairs file given")
+    merged: dict[str, list[Pair]] = {k: [] for k in PAIR_KINDS}
+    for spec in specs:
+        text = os.fspath(spec)
+        prefix, sep, rest = text.partition("=")
+        kind = prefix.lower() if sep and prefix.lower() in PAIR_KINDS else None
+        path = Path(rest if kind else text)
+        if not path.is_file():
+            raise ScoreInputError(f"{path}: no such pairs file")
+        if path.suffix.lower() == ".xlsx":
+            found = _read_xlsx_pairs(path, basename)
+        else:
+            found = _read_csv_pairs(path, kind or _kind_from_name(path), basename)
+        for k, pairs in found.items():
+            merged[k].extend(pairs)
+    empty = [k for k in PAIR_KINDS if not merged[k]]
+    if empty:
+        raise ScoreInputError(f"no {' or '.join(empty)} pairs in {[os.fspath(s) for s in specs]}")
+    return Pairs(source=tuple(merged["source"]), nonsource=tuple(merged["nonsource"]))
+
+
+def pair_accuracy(scores: Mapping[str, float], pairs: Sequence[Pair]) -> float:
+    """Fraction of pairs whose predicted rank (1 iff ``score1 >= score2``) equals the label."""
+    if not pairs:
+        raise ScoreInputError("no pairs to score")
+    unknown = list(dict.fromkeys(v for p in pairs for v in (p.video1, p.video2) if v not in scores))
+    if unknown:
+        raise ScoreInputError(f"pairs name {len(unknown)} videos without a score: {_listing(unknown)}")
+    return sum((1 if scores[p.video1] >= scores[p.video2] else 2) == p.rank for p in pairs) / len(pairs)
+
+
+def _check_finite(scores: Mapping[str, float], what: str) -> None:
+    bad = [k for k, v in scores.items() if not (isinstance(v, int | float | np.number) and math.isfinite(v))]
+    if bad:
+        raise ScoreInputError(f"{what} has NaN, infinite or non-numeric scores for {_listing(bad)}")
+
+
+def _missing_hint(missing: list[str], available: Iterable[str]) -> str:
+    """Point at ``basename`` matching when the names differ only by a directory prefix."""
+    base = {_basename(a) for a in available}
+    if all(_basename(m) in base for m in missing):
+        return " (the names differ only by a directory prefix; use basename matching: --basename)"
+    return ""
+
+
+def _validate(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> None:
+    if not truth:
+        raise ScoreInputError("truth is empty")
+    if not pred:
+        raise ScoreInputError("prediction is empty")
+    _check_finite(truth, "truth")
+    _check_finite(pred, "prediction")
+    missing = [k for k in truth if k not in pred]
+    if missing:
+        raise ScoreInputError(
+            f"{len(missing)} of {len(truth)} truth videos have no prediction: {_listing(missing)}"
+            + _missing_hint(missing, pred)
+        )
+    for kind in PAIR_KINDS:
+        sheet = getattr(pairs, kind)
+        if not sheet:
+            raise ScoreInputError(f"no {kind} pairs")
+        unknown = list(dict.fromkeys(v for p in sheet for v in (p.video1, p.video2) if v not in truth))
+        if unknown:
+            raise ScoreInputError(
+                f"{kind} pairs name {len(unknown)} videos that are not in the truth file: {_listing(unknown)}"
+                + _missing_hint(unknown, truth)
+            )
+    if len(truth) < 2:
+        raise ScoreInputError(f"need at least 2 truth videos, got {len(truth)}")
+    for what, values in (("predictions", [pred[k] for k in truth]), ("truth scores", list(truth.values()))):
+        if min(values) == max(values):
+            raise ScoreInputError(f"all {what} equal {values[0]}; SROCC/PLCC are undefined")
+
+
+def challenge_score(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> ChallengeScore:
+    """The official KVQ challenge score (plus KROCC and rescaled RMSE) after strict input checks."""
+    _validate(pred, truth, pairs)
+    y = np.array(list(truth.values()), dtype=np.float64)
+    p = np.array([pred[k] for k in truth], dtype=np.float64)
+    srocc = float(scipy.stats.spearmanr(y, p)[0])
+    plcc = float(scipy.stats.pearsonr(y, p)[0])
+    rank1 = pair_accuracy(pred, pairs.source)
+    rank2 = pair_accuracy(pred, pairs.nonsource)
+    return ChallengeScore(
+        final=0.45 * srocc + 0.45 * plcc + 0.05 * rank2 + 0.05 * rank1,
+        srocc=srocc,
+        plcc=plcc,
+        rank1=rank1,
+        rank2=rank2,
+        krocc=metrics.krocc(p, y),
+        rmse=metrics.rmse(p, y, mapping="linear"),
+        n=len(truth),
+    )
+
+
+def bootstrap_ci(
+    pred: Mapping[str, float],
+    truth: Mapping[str, float],
+    pairs: Pairs,
+    n_boot: int,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """Percentile bootstrap intervals for every :class:`ChallengeScore` field, resampling *videos*.
+
+    Each replicate draws ``n`` truth videos with replacement; correlations use the drawn multiset.  A pair
+    enters a replicate once per combination of drawn copies of its two videos (weight ``c1 * c2``), the
+    usual bootstrap of a pairwise statistic: its expected weight is ~1, and pairs stay tied to the videos
+    whose sampling variability the interval describes.  Replicates where a part is undefined (constant
+    draws, a sheet with no drawn pair) are dropped.  Returns the intervals and the number of replicates used.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    _validate(pred, truth, pairs)
+    names = list(truth)
+    index = {k: i for i, k in enumerate(names)}
+    y = np.array([truth[k] for k in names], dtype=np.float64)
+    p = np.array([pred[k] for k in names], dtype=np.float64)
+    sheets = {}
+    for kind in PAIR_KINDS:
+        sheet = getattr(pairs, kind)
+        i1 = np.array([index[q.video1] for q in sheet])
+        i2 = np.array([index[q.video2] for q in sheet])
+        correct = np.array(
+            [(1 if pred[q.video1] >= pred[q.video2] else 2) == q.rank for q in sheet], dtype=float
+        )
+        sheets[kind] = (i1, i2, correct)
+    rng = np.random.default_rng(seed)
+    keys = [f.name for f in dataclasses.fields(ChallengeScore) if f.name != "n"]
+    draws: dict[str, list[float]] = {k: [] for k in keys}
+    for _ in tqdm(range(n_boot), desc="bootstrap", disable=None, leave=False):
+        idx = rng.integers(0, len(names), size=len(names))
+        yb, pb = y[idx], p[idx]
+        if np.ptp(yb) == 0 or np.ptp(pb) == 0:
+            continue
+        counts = np.bincount(idx, minlength=len(names)).astype(float)
+        acc = {}
+        for kind, (i1, i2, correct) in sheets.items():
+            w = counts[i1] * counts[i2]
+            acc[kind] = float(w @ correct / w.sum()) if w.sum() > 0 else math.nan
+        if math.isnan(acc["source"]) or math.isnan(acc["nonsource"]):
+            continue
+        srocc = float(scipy.stats.spearmanr(yb, pb)[0])
+        plcc = float(scipy.stats.pearsonr(yb, pb)[0])
+        rep = {
+            "final": 0.45 * srocc + 0.45 * plcc + 0.05 * acc["nonsource"] + 0.05 * acc["source"],
+            "srocc": srocc,
+            "plcc": plcc,
+            "rank1": acc["source"],
+            "rank2": acc["nonsource"],
+            "krocc": metrics.krocc(pb, yb),
+            "rmse": metrics.rmse(pb, yb, mapping="linear"),
+        }
+        for k in keys:
+            draws[k].append(rep[k])
+    used = len(draws["final"])
+    if used == 0:
+        raise ScoreInputError(f"all {n_boot} bootstrap replicates were degenerate; too few videos or pairs")
+    tail = 100 * (1 - level) / 2
+    intervals = {
+        k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()
+    }
+    return intervals, used

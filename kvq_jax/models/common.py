@@ -1,0 +1,57 @@
+"""Layers shared by every backbone: the exact numerics the official PyTorch models use.
+
+PyTorch's defaults differ from Flax's in three places that matter for parity: GELU is exact (erf) rather
+than tanh-approximated, LayerNorm variance is E[(x-μ)²] rather than E[x²]-μ², and the epsilons differ
+by family (1e-5 Swin, 1e-6 ConvNeXt). Everything here is channels-last.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype | type
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch.nn.GELU() computes it."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(dim: int, eps: float, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last axis with PyTorch's two-pass variance (float32 params)."""
+    return nnx.LayerNorm(
+        dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs
+    )
+
+
+def dense(din: int, dout: int, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    """A Linear layer with float32 params and `dtype` compute; init as timm's trunc_normal(0.02)."""
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.truncated_normal(0.02),
+        rngs=rngs,
+    )
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drops whole samples of a residual branch during training (timm's DropPath).
+
+    Like every dropout in kvq_jax it owns no RNG state: random keys come in with the call, so a model's
+    state is its params alone (cheap to build abstractly, to shard and to checkpoint).
+    """
+
+    def __init__(self, rate: float):
+        # One Bernoulli draw per sample of a (B, T, H, W, C) tensor.
+        self.rate = rate
+        self.drop = nnx.Dropout(rate, broadcast_dims=(1, 2, 3, 4)) if rate > 0 else None
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        if self.drop is None:
+            return x
+        return self.drop(x, rngs=rngs)

@@ -1,0 +1,410 @@
+"""Video Swin Transformer (Swin3D-T) with the gated relative position bias (GRPB) of FAST-VQA / DOVER.
+
+Reproduces the official `swin_backbone.py` of VQAssessment/DOVER and FAST-VQA, quirks included:
+
+* GRPB: stages with `frag_bias` own a second table (FPB). For each token pair in a window the gate is the
+  *integer* L1 distance g between the fragment ids of the two tokens, where the fragment ids come from a
+  (1, wh, ww) grid (the window's own h, w — 7×7 for DOVER) nearest-interpolated onto the padded feature map
+  and rolled with the shift. The bias is g·RPB + (1−g)·FPB, so pairs two fragments apart get 2·RPB − FPB.
+* Zero padding after norm1 up to window multiples, padded tokens not masked; the 27-region shift mask
+  with −100; window and shift clamped per dimension when the feature is not larger than the window.
+* Relative-position index slicing for shrunken windows: DOVER's code takes `index[:N, :N]` of the index
+  built for the constructed window; FAST-VQA's code (adaptive windows, scaled by input size relative to
+  32×224×224) takes the 6-D block `[:d, :h, :w, :d, :h, :w]`. `adaptive_window=True` selects the latter.
+
+The geometry (indices, fragment ids, shift regions) depends only on static shapes, so it is computed once per
+shape in NumPy and enters the jitted graph as small constants; gates and masks are formed on device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvq_jax.models.common import DropPath, Dtype, dense, gelu, layer_norm
+
+Triple = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SwinConfig:
+    """Hyper-parameters of `SwinTransformer3D`; defaults are DOVER's `swin_tiny_grpb`."""
+
+    patch_size: Triple = (2, 4, 4)
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: Triple = (8, 7, 7)
+    mlp_ratio: float = 4.0
+    frag_biases: tuple[bool, ...] = (True, True, True, False)
+    drop_path_rate: float = 0.1
+    # FAST-VQA code: attention windows scale with the input size relative to base_x_size.
+    adaptive_window: bool = False
+    base_x_size: Triple = (32, 224, 224)
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Static geometry (NumPy, cached per shape)
+# ----------------------------------------------------------------------------------------------------
+
+
+def clamp_window(size: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
+    """The official `get_window_size`: a dimension not larger than the window uses the whole extent, no shift."""
+    w = tuple(s if s <= ws else ws for s, ws in zip(size, window, strict=True))
+    sh = tuple(0 if s <= ws else sf for s, ws, sf in zip(size, window, shift, strict=True))
+    return w, sh  # type: ignore[return-value]
+
+
+def adaptive_window(window: Triple, input_size: Triple, base_size: Triple) -> Triple:
+    """FAST-VQA's `get_adaptive_window_size`: integer-scaled window for non-default input sizes."""
+    return tuple((w * x) // b for w, x, b in zip(window, input_size, base_size, strict=True))  # type: ignore[return-value]
+
+
+@functools.cache
+def relative_position_index(window: Triple) -> np.ndarray:
+    """Video-Swin index (N, N) into the (2Wd−1)(2Wh−1)(2Ww−1)-row bias table."""
+    wd, wh, ww = window
+    coords = np.stack(np.meshgrid(np.arange(wd), np.arange(wh), np.arange(ww), indexing="ij")).reshape(3, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    rel = rel + np.array([wd - 1, wh - 1, ww - 1])
+    return rel[..., 0] * (2 * wh - 1) * (2 * ww - 1) + rel[..., 1] * (2 * ww - 1) + rel[..., 2]
+
+
+@functools.cache
+def sliced_position_index(built: Triple, used: Triple, six_d: bool) -> np.ndarray:
+    """The index for a shrunken window, sliced as the official code does (see module docstring)."""
+    full = relative_position_index(built)
+    if six_d:
+        d, h, w = used
+        return full.reshape(*built, *built)[:d, :h, :w, :d, :h, :w].reshape(d * h * w, d * h * w)
+    n = int(np.prod(used))
+    return full[:n, :n]
+
+
+def window_partition_np(x: np.ndarray, window: Triple) -> np.ndarray:
+    """(D, H, W, ...) → (num_windows, Wd·Wh·Ww, ...) in the official window order."""
+    d, h, w = x.shape[:3]
+    wd, wh, ww = window
+    rest = x.shape[3:]
+    x = x.reshape(d // wd, wd, h // wh, wh, w // ww, ww, *rest)
+    x = x.transpose(0, 2, 4, 1, 3, 5, *range(6, 6 + len(rest)))
+    return x.reshape(-1, wd * wh * ww, *rest)
+
+
+def _torch_nearest_index(out_size: int, in_size: int) -> np.ndarray:
+    """Source indices of torch's `F.interpolate(mode='nearest')` (float32 scale, floor)."""
+    if out_size == in_size:
+        return np.arange(out_size)
+    if out_size == 2 * in_size:
+        return np.arange(out_size) >> 1
+    scale = np.float32(np.float32(in_size) / np.float32(out_size))
+    idx = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(idx, in_size - 1)
+
+
+@functools.cache
+def fragment_ids(padded: Triple, window: Triple, shift: Triple) -> np.ndarray:
+    """Fragment (h, w) ids of every token, window-partitioned: (num_windows, N, 2) int32.
+
+    Fragment ids come from a (1, Wh, Ww) grid nearest-resized onto the padded map, rolled by −shift
+    (the temporal fragment count is 1, so only h and w matter). The GRPB gate of a token pair is the
+    L1 distance of their ids; it is formed on device from this small array rather than baked in as an
+    (nW, N, N) constant, which would bloat the compiled program.
+    """
+    grid = (window[1], window[2])
+    coords = np.stack(
+        np.meshgrid(
+            *[_torch_nearest_index(o, g) for o, g in zip(padded[1:], grid, strict=True)], indexing="ij"
+        ),
+        axis=-1,
+    )  # (Hp, Wp, 2)
+    coords = np.broadcast_to(coords, (padded[0], *coords.shape))
+    coords = np.roll(coords, shift=tuple(-s for s in shift), axis=(0, 1, 2))
+    return window_partition_np(coords, window).astype(np.int32)
+
+
+@functools.cache
+def shift_regions(padded: Triple, window: Triple, shift: Triple) -> np.ndarray:
+    """Region id of every token for the Video-Swin shift mask, window-partitioned: (num_windows, N) int32.
+
+    Tokens of one window attend freely within a region and get −100 across regions.
+    """
+    img = np.zeros(padded, np.int32)
+    cnt = 0
+    slices = [
+        (slice(-w), slice(-w, -s), slice(-s, None)) for w, s in zip(window, shift, strict=True)
+    ]  # same Python slice semantics as the official loop, including shift == 0
+    for d in slices[0]:
+        for h in slices[1]:
+            for w in slices[2]:
+                img[d, h, w] = cnt
+                cnt += 1
+    return window_partition_np(img[..., None], window)[..., 0]
+
+
+def _pad_to(size: int, multiple: int) -> int:
+    return (multiple - size % multiple) % multiple
+
+
+# ----------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------
+
+
+class WindowAttention3D(nnx.Module):
+    """Multi-head self-attention inside 3-D windows with (gated) relative position biases."""
+
+    def __init__(
+        self, dim: int, window: Triple, num_heads: int, frag_bias: bool, dtype: Dtype, rngs: nnx.Rngs
+    ):
+        self.window = window
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.dtype = dtype
+        rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+        init = nnx.initializers.truncated_normal(0.02)
+        self.relative_position_bias_table = nnx.Param(init(rngs.params(), (rows, num_heads), jnp.float32))
+        self.fragment_position_bias_table = (
+            nnx.Param(jnp.zeros((rows, num_heads), jnp.float32)) if frag_bias else None
+        )
+        self.qkv = dense(dim, 3 * dim, dtype, rngs)
+        self.proj = dense(dim, dim, dtype, rngs)
+
+    def bias(self, used: Triple, six_d: bool, frag_ids: np.ndarray) -> jax.Array:
+        """Per-window bias (nW or 1, heads, N, N) in float32."""
+        rpi = sliced_position_index(self.window, used, six_d)
+        n = rpi.shape[0]
+        rpb = self.relative_position_bias_table[...][rpi.reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+        if self.fragment_position_bias_table is None:
+            return rpb[None]
+        fpb = self.fragment_position_bias_table[...][rpi.reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+        ids = jnp.asarray(frag_ids)
+        g = jnp.abs(ids[:, None, :, :] - ids[:, :, None, :]).sum(-1).astype(jnp.float32)[:, None]
+        return rpb[None] * g + fpb[None] * (1.0 - g)
+
+    def __call__(self, x: jax.Array, bias: jax.Array, regions: np.ndarray | None) -> jax.Array:
+        """x: (B, nW, N, C) windows → (B, nW, N, C)."""
+        b, nw, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * self.scale, k, preferred_element_type=jnp.float32)
+        logits = logits + bias
+        if regions is not None:
+            r = jnp.asarray(regions)
+            logits = logits + jnp.where(r[:, None, :] != r[:, :, None], -100.0, 0.0)[:, None]
+        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock3D(nnx.Module):
+    """Pre-norm (shifted-)window attention block followed by an MLP, both residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: Triple,
+        shift: Triple,
+        mlp_ratio: float,
+        frag_bias: bool,
+        drop_path: float,
+        dtype: Dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.window = window
+        self.shift = shift
+        self.norm1 = layer_norm(dim, 1e-5, dtype, rngs)
+        self.attn = WindowAttention3D(dim, window, num_heads, frag_bias, dtype, rngs)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = layer_norm(dim, 1e-5, dtype, rngs)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = Mlp(dim, hidden, dtype, rngs)
+
+    def attention(self, x: jax.Array, window: Triple, six_d: bool, regions: np.ndarray) -> jax.Array:
+        _, d, h, w, _ = x.shape
+        win, shift = clamp_window((d, h, w), window, self.shift)
+        x = self.norm1(x)
+        pads = [_pad_to(s, ws) for s, ws in zip((d, h, w), win, strict=True)]
+        if any(pads):
+            x = jnp.pad(x, ((0, 0), (0, pads[0]), (0, pads[1]), (0, pads[2]), (0, 0)))
+        padded = (d + pads[0], h + pads[1], w + pads[2])
+        shifted = any(s > 0 for s in shift)
+        if shifted:
+            x = jnp.roll(x, shift=tuple(-s for s in shift), axis=(1, 2, 3))
+        windows = window_partition(x, win)
+        bias = self.attn.bias(win, six_d, fragment_ids(padded, win, shift))
+        out = self.attn(windows, bias, regions if shifted else None)
+        x = window_reverse(out, win, padded)
+        if shifted:
+            x = jnp.roll(x, shift=shift, axis=(1, 2, 3))
+        return x[:, :d, :h, :w]
+
+    def __call__(
+        self, x: jax.Array, window: Triple, six_d: bool, regions: np.ndarray, rngs: nnx.Rngs | None
+    ) -> jax.Array:
+        x = x + self.drop_path(self.attention(x, window, six_d, regions), rngs)
+        return x + self.drop_path(self.mlp(self.norm2(x)), rngs)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, dim: int, hidden: int, dtype: Dtype, rngs: nnx.Rngs):
+        self.fc1 = dense(dim, hidden, dtype, rngs)
+        self.fc2 = dense(hidden, dim, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(gelu(self.fc1(x)))
+
+
+def window_partition(x: jax.Array, window: Triple) -> jax.Array:
+    """(B, D, H, W, C) → (B, num_windows, N, C)."""
+    b, d, h, w, c = x.shape
+    wd, wh, ww = window
+    x = x.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, -1, wd * wh * ww, c)
+
+
+def window_reverse(x: jax.Array, window: Triple, padded: Triple) -> jax.Array:
+    """(B, num_windows, N, C) → (B, D, H, W, C); the inverse of `window_partition`."""
+    b, _, _, c = x.shape
+    wd, wh, ww = window
+    d, h, w = padded
+    x = x.reshape(b, d // wd, h // wh, w // ww, wd, wh, ww, c)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, d, h, w, c)
+
+
+class PatchMerging(nnx.Module):
+    """Halve H and W: concat the 2×2 neighbours in the official order, LayerNorm, Linear 4C→2C."""
+
+    def __init__(self, dim: int, dtype: Dtype, rngs: nnx.Rngs):
+        self.norm = layer_norm(4 * dim, 1e-5, dtype, rngs)
+        self.reduction = dense(4 * dim, 2 * dim, dtype, rngs, use_bias=False)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _, _, h, w, _ = x.shape
+        if h % 2 or w % 2:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        x = jnp.concatenate(
+            [x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], axis=-1
+        )
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nnx.Module):
+    """One stage (the official `BasicLayer`): blocks alternating plain and shifted windows, then merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: Triple,
+        mlp_ratio: float,
+        frag_bias: bool,
+        drop_paths: list[float],
+        downsample: bool,
+        dtype: Dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.window = window
+        self.shift: Triple = tuple(w // 2 for w in window)  # type: ignore[assignment]
+        self.blocks = nnx.List(
+            [
+                SwinBlock3D(
+                    dim,
+                    num_heads,
+                    window,
+                    (0, 0, 0) if i % 2 == 0 else self.shift,
+                    mlp_ratio,
+                    frag_bias,
+                    drop_paths[i],
+                    dtype,
+                    rngs,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.downsample = PatchMerging(dim, dtype, rngs) if downsample else None
+
+    def __call__(self, x: jax.Array, window: Triple | None, six_d: bool, rngs: nnx.Rngs | None) -> jax.Array:
+        _, d, h, w, _ = x.shape
+        window = window or self.window
+        win, shift = clamp_window((d, h, w), window, self.shift)
+        padded = tuple(s + _pad_to(s, ws) for s, ws in zip((d, h, w), win, strict=True))
+        regions = shift_regions(padded, win, shift)
+        for blk in self.blocks:
+            x = blk(x, window, six_d, regions, rngs)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class PatchEmbed3D(nnx.Module):
+    """Non-overlapping 3-D patches (zero-padded to multiples of the patch) → Linear embedding → LayerNorm."""
+
+    def __init__(self, patch: Triple, dim: int, dtype: Dtype, rngs: nnx.Rngs):
+        self.patch = patch
+        self.proj = nnx.Conv(
+            3,
+            dim,
+            kernel_size=patch,
+            strides=patch,
+            padding="VALID",
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+        self.norm = layer_norm(dim, 1e-5, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pads = [_pad_to(s, p) for s, p in zip(x.shape[1:4], self.patch, strict=True)]
+        if any(pads):
+            x = jnp.pad(x, ((0, 0), (0, pads[0]), (0, pads[1]), (0, pads[2]), (0, 0)))
+        return self.norm(self.proj(x))
+
+
+class SwinTransformer3D(nnx.Module):
+    """Swin3D backbone: (B, T, H, W, 3) normalised video → (B, T/2, H/32, W/32, 768) features."""
+
+    def __init__(self, cfg: SwinConfig, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.embed_dim, dtype, rngs)
+        dpr = np.linspace(0.0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        starts = np.cumsum((0, *cfg.depths)).tolist()
+        self.layers = nnx.List(
+            [
+                SwinStage(
+                    cfg.embed_dim * 2**i,
+                    depth,
+                    cfg.num_heads[i],
+                    cfg.window_size,
+                    cfg.mlp_ratio,
+                    bool(cfg.frag_biases[i]),
+                    dpr[starts[i] : starts[i + 1]],
+                    i < len(cfg.depths) - 1,
+                    dtype,
+                    rngs,
+                )
+                for i, depth in enumerate(cfg.depths)
+            ]
+        )
+        self.norm = layer_norm(cfg.num_features, 1e-5, dtype, rngs)
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        cfg = self.cfg
+        window = None
+        if cfg.adaptive_window:
+            window = adaptive_window(cfg.window_size, tuple(x.shape[1:4]), cfg.base_x_size)
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x, window, cfg.adaptive_window, rngs)
+        return self.norm(x)

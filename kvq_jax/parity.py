@@ -1,0 +1,161 @@
+"""`python -m kvq_jax.parity CASE.json [CASE.json ...]`: reproduce the official PyTorch outputs.
+
+A case (format of shared/parity/README.md) names an official model config, a weight seed and input shapes;
+its manifest (beside it) lists the official state_dict. This tool regenerates the deterministic weights and
+inputs by the published rule, converts the weights **through the same converter as real checkpoints**, runs
+the Flax model and prints the relative error `max|ours − ref| / max|ref|` of every array in the case's .npz.
+It exits non-zero when any error exceeds --tol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvq_jax.convert import convert_state_dict
+from kvq_jax.models import abstract_model, get_spec, with_params
+
+# Official config file (basename without .yml) → registered model.
+CONFIG_MODELS = {
+    "dover": "dover",
+    "dover-mobile": "dover_mobile",
+    "fast-b": "fastvqa_b",
+    "f3dvqa-b": "fastervqa",
+    "fast-m": "fastvqa_m",
+}
+
+
+def unit_uniform(seed_words: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Unit-variance uniform float64 numbers from PCG64's raw stream (stable across NumPy versions)."""
+    n = math.prod(shape)
+    bg = np.random.PCG64(np.random.SeedSequence(list(seed_words)))
+    u = (bg.random_raw(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return ((2 * u - 1) * math.sqrt(3)).reshape(tuple(shape))
+
+
+def manifest_weights(manifest: list[dict], seed: int) -> dict[str, np.ndarray]:
+    """The deterministic state_dict of the rule; entries without `index` (integer buffers) are skipped."""
+    out = {}
+    for entry in manifest:
+        if "index" not in entry:
+            continue
+        key, shape = entry["key"], tuple(entry["shape"])
+        x = unit_uniform([seed, entry["index"]], shape)
+        if len(shape) >= 2:
+            x = x / math.sqrt(math.prod(shape[1:]))
+        elif key.endswith(".weight"):
+            x = 1 + 0.1 * x
+        else:
+            x = 0.1 * x
+        out[key] = x.astype(np.float32)
+    return out
+
+
+def case_model_name(case: dict) -> str:
+    stem = Path(case["config"]["cfg"]).name.removesuffix(".yml")
+    if stem not in CONFIG_MODELS:
+        raise ValueError(f"no kvq_jax model for official config {case['config']['cfg']!r}")
+    return CONFIG_MODELS[stem]
+
+
+def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        raise ValueError(f"shape mismatch: ours {ours.shape}, reference {ref.shape}")
+    return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def run_case(case_path: Path, dtype=jnp.float32) -> dict:
+    """Run one case; returns {"errors": {array: rel_error}, "compile_s", "forward_s", ...}."""
+    case = json.loads(case_path.read_text())
+    cfg = case["config"]
+    name = case_model_name(case)
+    spec = get_spec(name)
+    manifest_path = case_path.parent / f"manifest_{Path(cfg['cfg']).name.removesuffix('.yml')}.json"
+    manifest = json.loads(manifest_path.read_text())
+    abstract = abstract_model(name, dtype=dtype)
+    model = with_params(abstract, convert_state_dict(manifest_weights(manifest, cfg["seed"]), abstract))
+    model.eval()
+    views = {}
+    for j, (branch, shape) in enumerate(cfg["shapes"].items()):
+        x = unit_uniform([cfg["inputs_seed"], j], shape).astype(np.float32)
+        views[branch] = jnp.asarray(x.transpose(0, 2, 3, 4, 1))  # [B,C,T,H,W] → channels-last
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, views):
+        return nnx.merge(graphdef, state)(views, return_features=True)
+
+    t0 = time.perf_counter()
+    compiled = forward.lower(state, views).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    maps, feats = jax.block_until_ready(compiled(state, views))
+    forward_s = time.perf_counter() - t0
+
+    ours: dict[str, np.ndarray] = {}
+    means = {}
+    for branch in maps:
+        m = np.asarray(maps[branch], np.float32)
+        f = np.asarray(feats[branch], np.float32)
+        ours[f"{branch}_score_map"] = m[:, None]
+        ours[f"{branch}_feat_channel_mean"] = f.mean(axis=(1, 2, 3))
+        ours[f"{branch}_feat"] = f.transpose(0, 4, 1, 2, 3)
+        means[branch] = float(m.astype(np.float64).mean())
+    ours["branch_means"] = np.array([means[b] for b in spec.branches if b in means])
+    if name.startswith("dover"):
+        ours["fused"] = np.array(spec.normalize(means))
+    ref = np.load(case_path.with_suffix(".npz"))
+    errors = {k: rel_error(ours[k], ref[k]) for k in ref.files}
+    return {
+        "case": str(case_path),
+        "model": name,
+        "errors": errors,
+        "compile_s": compile_s,
+        "forward_s": forward_s,
+        "seconds_torch_cpu": case.get("seconds_torch_cpu"),
+        "device": jax.devices()[0].device_kind,
+        "dtype": jnp.dtype(dtype).name,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kvq_jax.parity", description=__doc__.splitlines()[0])
+    p.add_argument("cases", nargs="+", type=Path, help="case .json files (the .npz and manifest sit beside)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    results, worst = [], 0.0
+    for path in args.cases:
+        r = run_case(path, jnp.dtype(args.dtype))
+        results.append(r)
+        torch_s = r["seconds_torch_cpu"]
+        print(
+            f"{path.name}: model={r['model']} dtype={r['dtype']} compile={r['compile_s']:.2f}s "
+            f"forward={r['forward_s']:.2f}s (torch cpu {torch_s}s)"
+        )
+        for k, e in r["errors"].items():
+            flag = "FAIL" if e > args.tol else "ok"
+            print(f"  {k:32s} rel_err={e:.3e}  {flag}")
+            worst = max(worst, e)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    status = "PASS" if worst <= args.tol else "FAIL"
+    print(f"{status}: worst relative error {worst:.3e} (tol {args.tol:g}) over {len(results)} case(s)")
+    return 0 if worst <= args.tol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

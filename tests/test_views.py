@@ -1,0 +1,468 @@
+"""kvq_jax.data.views against hand-computed cases and, where torch is installed, the official torch ops."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from kvq_jax.data.decode import VideoDecodeError, decode_frames, num_frames
+from kvq_jax.data.views import (
+    MEAN,
+    STD,
+    VIEW_PRESETS,
+    ViewSpec,
+    fragment_grid,
+    make_view,
+    normalize,
+    preset_views,
+    resize_view,
+    sample_frame_indices,
+    sample_views,
+    spatial_fragments,
+    train_views,
+)
+
+# ------------------------------------------------------------------------------------------ temporal sampler
+
+
+def test_sampler_centred_segments():
+    # N=100, 3 segments of L=33, span 4*2=8: centred offset (33-8)//2 = 12.
+    spec = ViewSpec("fragments", clip_len=4, frame_interval=2, num_clips=3, aligned=4)
+    expected = [12, 14, 16, 18, 45, 47, 49, 51, 78, 80, 82, 84]
+    np.testing.assert_array_equal(sample_frame_indices(100, spec, None), expected)
+    assert sample_frame_indices(100, spec, None).dtype == np.int64
+
+
+def test_sampler_seeded_segments():
+    spec = ViewSpec("fragments", clip_len=4, frame_interval=2, num_clips=3, aligned=4)
+    offsets = np.random.default_rng(7).integers(0, 25, size=3)  # one offset per segment in [0, 33 - 8)
+    expected = [33 * s + int(offsets[s]) + 2 * k for s in range(3) for k in range(4)]
+    np.testing.assert_array_equal(sample_frame_indices(100, spec, np.random.default_rng(7)), expected)
+
+
+def test_sampler_seeded_offsets_cover_their_range_and_stay_inside():
+    spec = ViewSpec("fragments", clip_len=4, frame_interval=2, num_clips=3, aligned=4)
+    rng = np.random.default_rng(0)
+    firsts = np.stack([sample_frame_indices(100, spec, rng)[::4] for _ in range(400)])
+    offsets = firsts - np.array([0, 33, 66])
+    assert offsets.min() == 0 and offsets.max() == 24  # [0, L - span) exclusive, as np.random.randint
+    assert len(np.unique(offsets)) == 25
+
+
+def test_sampler_dover_technical_three_clips():
+    # DOVER technical at test: Sampler(32, 3, 2) on 300 frames: L=100, span 64, centred offset 18.
+    spec = VIEW_PRESETS["dover"]["technical"]
+    idx = sample_frame_indices(300, spec, None).reshape(3, 32)
+    for clip, start in enumerate([18, 118, 218]):
+        np.testing.assert_array_equal(idx[clip], start + 2 * np.arange(32))
+
+
+def test_sampler_t_frag_form():
+    # clip_len 8, t_frag 4 -> Sampler(2, 4, 2): 4 segments of L=16, 2 frames each, centred (16-4)//2 = 6.
+    spec = ViewSpec("fragments", clip_len=8, frame_interval=2, t_frag=4, aligned=8)
+    np.testing.assert_array_equal(sample_frame_indices(64, spec, None), [6, 8, 22, 24, 38, 40, 54, 56])
+
+
+def test_sampler_t_frag_fresh_offsets_per_clip():
+    spec = ViewSpec("fragments", clip_len=8, frame_interval=2, t_frag=4, num_clips=2, aligned=8)
+    offsets = np.random.default_rng(3).integers(0, 12, size=(2, 4))  # (clip, segment), each in [0, 16 - 4)
+    expected = [16 * s + int(offsets[c, s]) + 2 * k for c in range(2) for s in range(4) for k in range(2)]
+    got = sample_frame_indices(64, spec, np.random.default_rng(3))
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got[:8], got[8:])
+
+
+def test_sampler_dover_aesthetic_one_frame_per_segment():
+    # Sampler(1, 32, 2): 300 frames -> L=9, span 2, centred offset (9-2)//2 = 3.
+    spec = VIEW_PRESETS["dover"]["aesthetic"]
+    np.testing.assert_array_equal(sample_frame_indices(300, spec, None), 9 * np.arange(32) + 3)
+
+
+def test_sampler_wraps_short_videos():
+    spec = ViewSpec("fragments", clip_len=8, frame_interval=2, aligned=8)
+    np.testing.assert_array_equal(sample_frame_indices(10, spec, None), [0, 2, 4, 6, 8, 0, 2, 4])
+    np.testing.assert_array_equal(
+        sample_frame_indices(10, spec, np.random.default_rng(0)), [0, 2, 4, 6, 8, 0, 2, 4]
+    )
+    # 5 frames, 32 segments: every segment is empty (L=0), so all 32 samples are frame 0.
+    np.testing.assert_array_equal(sample_frame_indices(5, VIEW_PRESETS["dover"]["aesthetic"], None), [0] * 32)
+    # 3 segments over 40 frames: L=13 < 64, offsets 0, wrap mod 40.
+    idx = sample_frame_indices(40, VIEW_PRESETS["dover"]["technical"], None).reshape(3, 32)
+    np.testing.assert_array_equal(idx[1, :16], (13 + 2 * np.arange(16)) % 40)
+
+
+def test_sampler_rejects_empty_video():
+    with pytest.raises(ValueError, match="num_frames"):
+        sample_frame_indices(0, VIEW_PRESETS["dover"]["technical"], None)
+
+
+# ------------------------------------------------------------------------------------------ fragments
+
+
+def coordinate_video(frames: int, height: int, width: int) -> np.ndarray:
+    """uint8 video whose pixel (t, y, x) is (y, x, 10 t): every output pixel says where it came from."""
+    t, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([y, x, 10 * t], axis=-1).astype(np.uint8)
+
+
+def patch_origins(view: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """(T, fh, fw, 2) source (row, col) of the top-left pixel of each patch of a coordinate video's view."""
+    return view[:, :: spec.fsize_h, :: spec.fsize_w, :2].astype(np.int64)
+
+
+def assert_patches_are_contiguous(view: np.ndarray, spec: ViewSpec) -> None:
+    """Every patch is an unbroken fsize_h x fsize_w window of the source starting at its origin."""
+    ph, pw = spec.fsize_h, spec.fsize_w
+    for t, origins in enumerate(patch_origins(view, spec)):
+        for i in range(spec.fragments_h):
+            for j in range(spec.fragments_w):
+                patch = view[t, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw]
+                rows, cols = np.meshgrid(np.arange(ph), np.arange(pw), indexing="ij")
+                np.testing.assert_array_equal(patch[..., 0], origins[i, j, 0] + rows)
+                np.testing.assert_array_equal(patch[..., 1], origins[i, j, 1] + cols)
+
+
+FRAG_SPEC = ViewSpec("fragments", clip_len=4, frame_interval=1, aligned=2)
+
+
+def test_fragment_grid_hand_computed():
+    # 250 rows: cells of 35, origins 35 i (min with 250-32=218 never binds); 240 cols: cells of 34.
+    grid_h, grid_w, cell_h, cell_w = fragment_grid(250, 240, FRAG_SPEC)
+    np.testing.assert_array_equal(grid_h, [0, 35, 70, 105, 140, 175, 210])
+    np.testing.assert_array_equal(grid_w, [0, 34, 68, 102, 136, 170, 204])
+    assert (cell_h, cell_w) == (35, 34)
+    # A 64-row video: cells of 9, origins clamped at 64 - 32 = 32.
+    np.testing.assert_array_equal(fragment_grid(64, 96, FRAG_SPEC)[0], [0, 9, 18, 27, 32, 32, 32])
+
+
+def test_fragments_centred_offsets():
+    video = coordinate_video(4, 250, 240)
+    view = spatial_fragments(video, FRAG_SPEC, None)
+    assert view.shape == (4, 224, 224, 3) and view.dtype == np.uint8
+    origins = patch_origins(view, FRAG_SPEC)
+    # centred offsets: (35-32)//2 = 1 and (34-32)//2 = 1
+    np.testing.assert_array_equal(origins[0, :, 0, 0], [1, 36, 71, 106, 141, 176, 211])
+    np.testing.assert_array_equal(origins[0, 0, :, 1], [1, 35, 69, 103, 137, 171, 205])
+    assert (origins == origins[:1]).all()
+    assert_patches_are_contiguous(view, FRAG_SPEC)
+    np.testing.assert_array_equal(view[..., 2], (10 * np.arange(4))[:, None, None] * np.ones((1, 224, 224)))
+
+
+def test_fragments_seeded_offsets_in_bounds_and_shared_within_aligned_chunks():
+    video = coordinate_video(4, 250, 240)
+    view = spatial_fragments(video, FRAG_SPEC, np.random.default_rng(11))
+    assert_patches_are_contiguous(view, FRAG_SPEC)
+    grid = np.meshgrid([0, 35, 70, 105, 140, 175, 210], [0, 34, 68, 102, 136, 170, 204], indexing="ij")
+    off = patch_origins(view, FRAG_SPEC) - np.stack(grid, axis=-1)  # (T, 7, 7, 2) offsets inside the cells
+    assert off[..., 0].min() >= 0 and off[..., 0].max() <= 2  # [0, 35 - 32)
+    assert off[..., 1].min() >= 0 and off[..., 1].max() <= 1  # [0, 34 - 32)
+    # aligned=2: frames 0,1 share offsets, frames 2,3 share offsets, the two chunks differ somewhere.
+    np.testing.assert_array_equal(off[0], off[1])
+    np.testing.assert_array_equal(off[2], off[3])
+    assert (off[0] != off[2]).any()
+    # Draw order: row offsets (fh, fw, chunks), then column offsets.
+    rng = np.random.default_rng(11)
+    off_h, off_w = rng.integers(0, 3, size=(7, 7, 2)), rng.integers(0, 2, size=(7, 7, 2))
+    np.testing.assert_array_equal(off[0, ..., 0], off_h[..., 0])
+    np.testing.assert_array_equal(off[2, ..., 1], off_w[..., 1])
+
+
+def test_fragments_single_frame_and_small_cells():
+    video = coordinate_video(1, 230, 226)  # cells 32x32: no room for offsets even with an rng
+    view = spatial_fragments(video, FRAG_SPEC, np.random.default_rng(0))
+    np.testing.assert_array_equal(patch_origins(view, FRAG_SPEC)[0, :, 0, 0], 32 * np.arange(7))
+    np.testing.assert_array_equal(patch_origins(view, FRAG_SPEC)[0, 0, :, 1], 32 * np.arange(7))
+
+
+def test_fragments_upscale_uses_the_pre_upscale_grid():
+    """64x96 video: upscaled x3.5 to 224x336, but sampled on the 64x96 grid (official bug, models.md §0.3).
+
+    Channel 0 is 3*row and channel 1 is 2*col, so after bilinear upscaling the pixel at upscaled (y, x) holds
+    3*s(y) and 2*s(x) with s(u) = clip((u + 0.5)/3.5 - 0.5, 0, 63) (then truncated to uint8); channel 2 is a
+    flat 200 that truncation may turn into 199.
+    """
+    frames, height, width = 2, 64, 96
+    _, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
+    video = np.stack([3 * y, 2 * x, np.full_like(y, 200)], axis=-1).astype(np.uint8)
+    spec = ViewSpec("fragments", clip_len=2, frame_interval=1, aligned=2)
+    view = spatial_fragments(video, spec, np.random.default_rng(0)).astype(np.float64)
+    rows = np.repeat([0, 9, 18, 27, 32, 32, 32], 32) + np.tile(
+        np.arange(32), 7
+    )  # pre-upscale grid, no offsets
+    cols = np.repeat([0, 13, 26, 39, 52, 64, 64], 32) + np.tile(np.arange(32), 7)
+    src_rows = np.clip((rows + 0.5) / 3.5 - 0.5, 0, height - 1)
+    src_cols = np.clip((cols + 0.5) / 3.5 - 0.5, 0, width - 1)
+    expected_c0 = np.broadcast_to(3 * src_rows[:, None], (224, 224))
+    expected_c1 = np.broadcast_to(2 * src_cols[None, :], (224, 224))
+    for t in range(frames):
+        assert np.abs(view[t, ..., 0] - expected_c0).max() <= 1.0
+        assert np.abs(view[t, ..., 1] - expected_c1).max() <= 1.0
+        assert set(np.unique(view[t, ..., 2])) <= {199.0, 200.0}
+    # Had the grid been laid out on the upscaled 224x336 frame, patch row 1 would start at upscaled row 32.
+    assert abs(view[0, 32, 0, 0] - 3 * ((32 + 0.5) / 3.5 - 0.5)) > 10
+
+
+def test_fragments_reject_tiny_videos_and_misaligned_clips():
+    with pytest.raises(ValueError, match="smaller than one 32x32 fragment"):
+        spatial_fragments(np.zeros((2, 20, 96, 3), np.uint8), FRAG_SPEC, None)
+    with pytest.raises(ValueError, match="aligned=2"):
+        spatial_fragments(np.zeros((3, 64, 96, 3), np.uint8), FRAG_SPEC, None)
+
+
+# ------------------------------------------------------------------------------------------ resize
+
+
+def test_resize_hand_upsample():
+    # 2x2 -> 4x4: source positions -0.25 (clamped to 0), 0.25, 0.75, 1.25 (index clamped) on both axes.
+    frame = np.array([[0, 100], [200, 44]], np.uint8)
+    video = np.repeat(frame[None, :, :, None], 3, axis=-1)
+    out = resize_view(video, ViewSpec("resize", size_h=4, size_w=4))
+    expected = [[0, 25, 75, 100], [50, 59, 77, 86], [150, 127, 81, 58], [200, 161, 83, 44]]
+    for c in range(3):
+        np.testing.assert_array_equal(out[0, :, :, c], expected)
+
+
+def test_resize_hand_downsample_no_antialias_round_half_even():
+    # 8 -> 2: scale 4, sources 1.5 and 5.5 -> mean of pixels (1,2) and (5,6) only (no antialias filter).
+    row = np.array([0, 10, 30, 60, 100, 150, 210, 255], np.uint8)
+    video = np.repeat(row[None, None, :, None], 3, axis=-1)
+    out = resize_view(video, ViewSpec("resize", size_h=1, size_w=2))
+    np.testing.assert_array_equal(out[0, 0, :, 0], [20, 180])
+    # 4 -> 2: (1+2)/2 = 1.5 -> 2 and (5+8)/2 = 6.5 -> 6 (ties to even, like torch.round).
+    col = np.array([1, 2, 5, 8], np.uint8)
+    video = np.repeat(col[None, :, None, None], 3, axis=-1)
+    out = resize_view(video, ViewSpec("resize", size_h=2, size_w=1))
+    np.testing.assert_array_equal(out[0, :, 0, 0], [2, 6])
+
+
+RESIZE_SHAPES = [(4, 70, 130), (2, 300, 500), (2, 1280, 720), (3, 224, 300)]
+
+
+@pytest.mark.parametrize("shape", RESIZE_SHAPES)
+def test_resize_matches_torch_generic_kernel_exactly(shape):
+    torch = pytest.importorskip("torch")
+    frames, height, width = shape
+    video = np.random.default_rng(height).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    # Channels folded into a contiguous [1, T*3, H, W] tensor selects torch's generic (channels-first) kernel.
+    x = torch.from_numpy(video).permute(0, 3, 1, 2).contiguous().reshape(1, frames * 3, height, width).float()
+    ref = torch.nn.functional.interpolate(
+        x, size=(224, 224), mode="bilinear", align_corners=False, antialias=False
+    )
+    ref = ref.round().to(torch.uint8).reshape(frames, 3, 224, 224).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(resize_view(video, ViewSpec("resize")), ref)
+
+
+def test_resize_vs_torch_channels_last_kernel_within_one():
+    """torchvision's official layout ([T,3,H,W] channels-last) on one thread uses torch's channels-last
+    kernel, which sums the four products in another order; a value within an ulp of .5 may round the other
+    way, so a few pixels per million differ by 1."""
+    torch = pytest.importorskip("torch")
+    video = np.random.default_rng(0).integers(0, 256, (8, 300, 500, 3), dtype=np.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
+        ref = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    finally:
+        torch.set_num_threads(threads)
+    ref = ref.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    diff = np.abs(resize_view(video, ViewSpec("resize")).astype(np.int64) - ref)
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 1e-4
+
+
+def official_fragments_torch(torch, video: np.ndarray, spec: ViewSpec, off_h, off_w) -> np.ndarray:
+    """The official get_spatial_fragments, restated with torch ops on a [C,T,H,W] view, offsets injected."""
+    fn = torch.nn.functional
+    x = torch.from_numpy(video).permute(3, 0, 1, 2)
+    fh, fw, ph, pw = spec.fragments_h, spec.fragments_w, spec.fsize_h, spec.fsize_w
+    frames, res_h, res_w = x.shape[-3:]
+    ratio = min(res_h / (fh * ph), res_w / (fw * pw))
+    if ratio < 1:
+        x = (fn.interpolate(x / 255.0, scale_factor=1 / ratio, mode="bilinear") * 255.0).type(torch.uint8)
+    out = torch.zeros((*x.shape[:-2], fh * ph, fw * pw), dtype=torch.uint8)
+    for i in range(fh):
+        for j in range(fw):
+            for c in range(frames // spec.aligned):
+                hs = min(res_h // fh * i, res_h - ph) + int(off_h[i, j, c])
+                ws = min(res_w // fw * j, res_w - pw) + int(off_w[i, j, c])
+                t = slice(c * spec.aligned, (c + 1) * spec.aligned)
+                out[:, t, i * ph : (i + 1) * ph, j * pw : (j + 1) * pw] = x[:, t, hs : hs + ph, ws : ws + pw]
+    return out.permute(1, 2, 3, 0).numpy()
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (100, 300), (223, 223), (150, 224), (230, 250)])
+def test_fragments_match_official_torch_code(hw):
+    torch = pytest.importorskip("torch")
+    height, width = hw
+    rng = np.random.default_rng(height * width)
+    video = rng.integers(0, 256, (4, height, width, 3), dtype=np.uint8)
+    video[:, : height // 2] = 200  # flat area: the x/255*255 truncation decides between 199 and 200
+    spec = ViewSpec("fragments", clip_len=4, frame_interval=1, aligned=2)
+    ours = spatial_fragments(video, spec, np.random.default_rng(5))
+    replay = np.random.default_rng(5)
+    cell_h, cell_w = height // 7, width // 7
+    off_h = replay.integers(0, cell_h - 32, (7, 7, 2)) if cell_h > 32 else np.zeros((7, 7, 2), np.int64)
+    off_w = replay.integers(0, cell_w - 32, (7, 7, 2)) if cell_w > 32 else np.zeros((7, 7, 2), np.int64)
+    np.testing.assert_array_equal(ours, official_fragments_torch(torch, video, spec, off_h, off_w))
+
+
+# ------------------------------------------------------------------------------------------ views end to end
+
+
+def level(k: int) -> int:
+    return 4 * k + 8
+
+
+@pytest.fixture(scope="module")
+def ramp_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 flat-gray 64x96 frames, frame k at level(k): a view's frame means reveal which frames it holds."""
+    path = tmp_path_factory.mktemp("views_media") / "ramp.mp4"
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.height, stream.width, stream.pix_fmt = 64, 96, "yuv420p"
+        stream.options = {"preset": "veryfast", "qp": "0", "g": "8"}
+        for k in range(48):
+            frame = np.full((64, 96, 3), level(k), np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def test_sample_views_dover_shapes_and_clip_split(ramp_clip):
+    views = sample_views(ramp_clip, VIEW_PRESETS["dover"], None)
+    assert views["technical"].shape == (3, 32, 224, 224, 3)
+    assert views["aesthetic"].shape == (1, 32, 224, 224, 3)
+    assert all(v.dtype == np.uint8 for v in views.values())
+    # technical: 3 segments of L=16 frames (too short for 32 frames at stride 2: offset 0, wrap mod 48)
+    means = views["technical"].reshape(3, 32, -1).mean(axis=-1)
+    expected = [[level((16 * c + 2 * k) % 48) for k in range(32)] for c in range(3)]
+    np.testing.assert_allclose(means, expected, atol=2.5)
+    # aesthetic: one frame per 1/32 segment; 48 // 32 = 1 frame per segment, L=1 <= 2 -> offset 0
+    means = views["aesthetic"].reshape(32, -1).mean(axis=-1)
+    np.testing.assert_allclose(means, [level(k) for k in range(32)], atol=2.5)
+
+
+def test_sample_views_equals_decode_then_make_view(ramp_clip):
+    views = train_views("dover")
+    got = sample_views(ramp_clip.read_bytes(), views, np.random.default_rng(4), name="ramp.mp4")
+    rng = np.random.default_rng(4)
+    total = num_frames(ramp_clip)
+    indices = {branch: sample_frame_indices(total, spec, rng) for branch, spec in views.items()}
+    for branch, spec in views.items():
+        expected = make_view(decode_frames(ramp_clip, indices[branch]), spec, rng)
+        np.testing.assert_array_equal(got[branch], expected)
+        assert got[branch].shape == (1, 32, 224, 224, 3)
+
+
+@pytest.mark.parametrize("hw", [(250, 240), (64, 96)])
+def test_make_view_with_order_equals_gathered_frames(hw):
+    video = np.random.default_rng(2).integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    order = np.array([2, 0, 2, 1])
+    for spec in (FRAG_SPEC, ViewSpec("resize", clip_len=2, num_clips=2, size_h=40, size_w=56)):
+        direct = make_view(video[order], spec, np.random.default_rng(9))
+        np.testing.assert_array_equal(make_view(video, spec, np.random.default_rng(9), order=order), direct)
+    with pytest.raises(ValueError, match="outside"):
+        make_view(video, FRAG_SPEC, None, order=np.array([0, 1, 2, 3]))
+
+
+def test_sample_views_reports_unreadable_videos():
+    with pytest.raises(VideoDecodeError, match=r"^clip_0042\.mp4: cannot open"):
+        sample_views(np.random.default_rng(0).bytes(2048), VIEW_PRESETS["dover"], None, name="clip_0042.mp4")
+
+
+def test_make_view_checks_frame_count():
+    with pytest.raises(ValueError, match="needs 96 frames"):
+        make_view(np.zeros((32, 64, 64, 3), np.uint8), VIEW_PRESETS["dover"]["technical"], None)
+
+
+# -------------------------------------------------------------------------------------- normalize, presets
+
+
+def test_normalize_values_numpy_and_jax():
+    pixels = np.array([[[0, 255, 128], [124, 116, 104]]], np.uint8)
+    expected = np.array(
+        [
+            [
+                [(0 - 123.675) / 58.395, (255 - 116.28) / 57.12, (128 - 103.53) / 57.375],
+                [(124 - 123.675) / 58.395, (116 - 116.28) / 57.12, (104 - 103.53) / 57.375],
+            ]
+        ]
+    )
+    out = normalize(pixels)
+    assert out.dtype == np.float32 and out.shape == pixels.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[0, 0], [-2.1179039, 2.4285714, 0.4264924], rtol=1e-6)
+    import jax.numpy as jnp  # a runtime dependency: the trainer normalises on device
+
+    out_jax = normalize(jnp.asarray(pixels))
+    assert out_jax.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out_jax), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(MEAN, np.float32([123.675, 116.28, 103.53]))
+    np.testing.assert_array_equal(STD, np.float32([58.395, 57.12, 57.375]))
+
+
+# (fragments_h, fsize, aligned, clip_len, frame_interval, num_clips, t_frag) from the official ymls
+PRESET_TABLE = {
+    ("dover", "technical"): (7, 32, 32, 32, 2, 3, None),
+    ("dover_mobile", "technical"): (7, 32, 32, 32, 2, 3, None),
+    ("fastvqa_b", "fragments"): (7, 32, 32, 32, 2, 4, None),
+    ("fastervqa", "fragments"): (7, 32, 8, 32, 2, 1, 8),
+    ("fastervqa_mt", "fragments"): (7, 32, 8, 16, 2, 1, 4),
+    ("fastervqa_ms", "fragments"): (5, 32, 8, 32, 2, 1, 8),
+    ("fastvqa_m", "fragments"): (4, 32, 8, 16, 2, 4, None),
+}
+
+
+def test_presets_match_the_official_ymls():
+    for (preset, branch), (grid, fsize, aligned, clip_len, interval, clips, t_frag) in PRESET_TABLE.items():
+        spec = VIEW_PRESETS[preset][branch]
+        assert spec.kind == "fragments"
+        assert (spec.fragments_h, spec.fragments_w, spec.fsize_h, spec.fsize_w) == (grid, grid, fsize, fsize)
+        assert (spec.aligned, spec.clip_len, spec.frame_interval, spec.num_clips, spec.t_frag) == (
+            aligned,
+            clip_len,
+            interval,
+            clips,
+            t_frag,
+        )
+    for preset in ("dover", "dover_mobile"):
+        aesthetic = VIEW_PRESETS[preset]["aesthetic"]
+        assert aesthetic == ViewSpec("resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1)
+        assert (aesthetic.size_h, aesthetic.size_w) == (224, 224)
+    assert set(VIEW_PRESETS) == {p for p, _ in PRESET_TABLE}
+    assert VIEW_PRESETS["fastervqa_ms"]["fragments"].out_hw == (160, 160)
+    assert VIEW_PRESETS["fastvqa_m"]["fragments"].out_hw == (128, 128)
+    assert VIEW_PRESETS["fastvqa_m"]["fragments"].total_frames == 64
+
+
+def test_train_views_force_one_clip():
+    for preset in VIEW_PRESETS:
+        train = train_views(preset)
+        assert all(spec.num_clips == 1 for spec in train.values())
+        for branch, spec in train.items():
+            assert (
+                dataclasses.replace(spec, num_clips=VIEW_PRESETS[preset][branch].num_clips)
+                == (VIEW_PRESETS[preset][branch])
+            )
+    assert train_views("dover")["technical"].total_frames == 32
+    assert (
+        preset_views("dover") == VIEW_PRESETS["dover"] and preset_views("dover") is not VIEW_PRESETS["dover"]
+    )
+    with pytest.raises(KeyError, match="known"):
+        train_views("dover_plus_plus")
+
+
+def test_viewspec_validation():
+    with pytest.raises(ValueError, match="kind"):
+        ViewSpec("crop")
+    with pytest.raises(ValueError, match="aligned=32"):
+        ViewSpec("fragments", clip_len=16, num_clips=1, aligned=32)
+    with pytest.raises(ValueError, match="clip_len"):
+        ViewSpec("resize", clip_len=0)
+    with pytest.raises(ValueError, match="t_frag"):
+        ViewSpec("resize", clip_len=4, t_frag=8)
