@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -94,6 +98,17 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def paired_ratios(times: Sequence[float], base: Sequence[float]) -> dict[str, float]:
+    """Median and p10/p90 of ``times[i] / base[i]`` over rounds.
+
+    The timed runs are interleaved, so run i of both implementations saw about the same machine load; the
+    per-round ratio cancels slow load changes that widen each implementation's own spread.
+    """
+    r = np.asarray(times, np.float64) / np.asarray(base, np.float64)
+    p10, med, p90 = np.percentile(r, [10, 50, 90])
+    return {"median": float(med), "p10": float(p10), "p90": float(p90)}
+
+
 def agreement(ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol: float) -> dict[str, Any]:
     """Per-branch ``max|ours − ref| / max|ref|`` of the score maps; ``ok`` iff every error is ≤ tol.
 
@@ -158,7 +173,16 @@ def host_info(device: jax.Device) -> dict[str, Any]:
         "device_platform": device.platform,
         "device_count": jax.device_count(device.platform),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kvq_jax_models_sha1": models_fingerprint(),
     }
+
+
+def models_fingerprint() -> str:
+    """SHA-1 over the model source files, so a report can be matched to the code version it measured."""
+    digest = hashlib.sha1()
+    for path in sorted((Path(__file__).parent / "models").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _rss_bytes(field: str) -> int | None:
@@ -176,12 +200,21 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that memory an earlier phase freed
+    but the allocator kept does not hide the next phase's allocations from the resident-set peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def measure_peak_memory(fn: Callable[[], Any], device: jax.Device | None) -> dict[str, Any]:
     """Run ``fn`` and report the peak memory it reached.
 
     Accelerators: ``device.memory_stats()['peak_bytes_in_use']`` (the device's high-water mark since start).
     CPU: the process's resident-set peak (VmHWM, reset just before ``fn``), with the resident size before
-    ``fn`` as ``baseline_bytes``; the difference is what the runs added (activations, workspaces).
+    ``fn`` (after returning free heap pages to the OS) as ``baseline_bytes``; the difference is what the
+    runs added (activations, workspaces). Parameters and inputs are resident before and count in neither.
     """
     stats = device.memory_stats() if device is not None and device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
@@ -192,6 +225,7 @@ def measure_peak_memory(fn: Callable[[], Any], device: jax.Device | None) -> dic
             "peak_bytes": int(stats["peak_bytes_in_use"]),
             "bytes_in_use": int(stats.get("bytes_in_use", 0)),
         }
+    _release_free_memory()
     baseline = _rss_bytes("VmRSS")
     reset = _reset_peak_rss()
     fn()
@@ -203,7 +237,7 @@ def measure_peak_memory(fn: Callable[[], Any], device: jax.Device | None) -> dic
             "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
         }
     return {
-        "source": "process VmHWM, reset before the warm-up runs",
+        "source": "process VmHWM, reset before the warm-up runs (after malloc_trim)",
         "peak_bytes": peak,
         "baseline_bytes": baseline,
         "delta_bytes": peak - baseline if baseline is not None else None,
@@ -333,9 +367,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def jax_infer_runner(
-    model: VQAModel, views: Mapping[str, np.ndarray], device: jax.Device
-) -> tuple[Runner, dict]:
+def jax_infer_runner(model: VQAModel, views: Mapping[str, np.ndarray], device: jax.Device) -> tuple[Runner, dict]:
     """Jitted eval forward; returns the runner and its score maps (numpy) for the agreement check."""
     model.eval()
     graphdef, state = nnx.split(model)
@@ -405,13 +437,23 @@ def jax_train_runner(
     return Runner("jax", step, {**info, **_compiled_info(compiled)})
 
 
+def official_net(args: argparse.Namespace, weights: Mapping[str, np.ndarray]) -> tuple[Any, float]:
+    """The official model from ``--torch-reference``, holding ``weights``; (net, seconds to build and load)."""
+    from kvq_jax import torch_reference as tr
+
+    t0 = time.perf_counter()
+    net = tr.build_official_model(args.torch_reference, args.model)
+    tr.load_weights(net, weights)
+    return net, time.perf_counter() - t0
+
+
 def torch_runners(
     args: argparse.Namespace,
-    weights: Mapping[str, np.ndarray],
+    net: Any,
     views: Mapping[str, np.ndarray],
     labels: np.ndarray,
 ) -> tuple[list[Runner], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """The official PyTorch model (eager, and compiled with --torch-compile) on the same weights and inputs.
+    """The official model ``net`` (eager, and compiled with --torch-compile) on the same inputs.
 
     Returns the runners, each implementation's eval score maps (for the agreement check) and torch facts.
     """
@@ -419,20 +461,15 @@ def torch_runners(
 
     from kvq_jax import torch_reference as tr
 
-    threads = available_cores()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(available_cores())
     use_cuda = args.device == "gpu" and torch.cuda.is_available()
     dev = torch.device("cuda" if use_cuda else "cpu")
+    net.to(dev)
 
     def sync() -> None:
         if use_cuda:
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    net = tr.build_official_model(args.torch_reference, args.model)
-    tr.load_weights(net, weights)
-    net.to(dev)
-    build_s = time.perf_counter() - t0
     checkpointing = args.mode == "train" and args.torch_grad_checkpoint
     tr.set_grad_checkpointing(net, checkpointing)
     xs = {k: v.to(dev) for k, v in tr.to_torch_views(views).items()}
@@ -457,7 +494,6 @@ def torch_runners(
         "num_threads": torch.get_num_threads(),
         "num_interop_threads": torch.get_num_interop_threads(),
         "device": str(dev),
-        "build_and_load_s": build_s,
         "swin_grad_checkpointing": checkpointing,
     }
     for name, fn in variants:
@@ -527,17 +563,16 @@ def write_png(report: dict[str, Any], path: Path) -> None:
     for i, n in enumerate(names):
         label = f"{med[i]:.3g} s"
         if n != "jax" and "jax" in impls:
-            label += f"\n{report['speedup'][n]:.2f}× JAX time"
-        ax.annotate(
-            label, (i, med[i] + hi[i]), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points"
-        )
+            label += f"\n{report['speedup'][n]:.2f}× JAX time\n(per round {report['speedup_paired'][n]['median']:.2f}×)"
+        ax.annotate(label, (i, med[i] + hi[i]), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
     c, h = report["config"], report["host"]
     ax.set_ylabel(f"{c['mode']} latency per step (s), median, p10–p90")
     ax.set_ylim(0, float((med + hi).max()) * 1.3)
     load = ", ".join(f"{v:.2f}" for v in report["load_average"]["before"])
     ax.set_title(
         f"{c['model']} [{c['branch']}] {c['mode']}, batch {c['batch']}, T={c['frames']}, {c['dtype']}\n"
-        f"{h['device_kind']} · {h['cores_available']} cores · load avg {load}",
+        f"{h['cpu_model'] if h['device_platform'] == 'cpu' else h['device_kind']} · "
+        f"{h['cores_available']} cores · load avg {load}",
         fontsize=10,
     )
     fig.tight_layout()
@@ -557,12 +592,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             + (f"  util {100 * util:.1f}%" if util is not None else "")
         )
     for name, ratio in report.get("speedup", {}).items():
-        lines.append(f"{name} / jax latency ratio: {ratio:.3f}")
+        paired = report["speedup_paired"][name]
+        lines.append(
+            f"{name} / jax latency ratio: {ratio:.3f} (ratio of medians); per round: median "
+            f"{paired['median']:.3f}, p10 {paired['p10']:.3f}, p90 {paired['p90']:.3f}"
+        )
     if report.get("agreement"):
         a = report["agreement"]
-        lines.append(
-            f"agreement ({a['compared']}): worst rel err {a['worst']:.3e} (tol {a['tol']:g}) -> {a['ok']}"
-        )
+        lines.append(f"agreement ({a['compared']}): worst rel err {a['worst']:.3e} (tol {a['tol']:g}) -> {a['ok']}")
     return lines
 
 
@@ -573,27 +610,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kvq_jax.bench", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--model", choices=sorted(MODELS), default="dover")
-    p.add_argument(
-        "--branch", default="all", help="'all' or one branch of the model (technical, aesthetic, ...)"
-    )
+    p.add_argument("--branch", default="all", help="'all' or one branch of the model (technical, aesthetic, ...)")
     p.add_argument("--batch", type=int, default=1, help="clips per step (one clip = one video)")
-    p.add_argument(
-        "--frames", type=int, help="frames per clip (default: the model's clip length, 32 for DOVER)"
-    )
+    p.add_argument("--frames", type=int, help="frames per clip (default: the model's clip length, 32 for DOVER)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="JAX backend (default: JAX's default)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per implementation")
-    p.add_argument(
-        "--warmup", type=int, default=2, help="untimed runs per implementation after the first call"
-    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per implementation after the first call")
     p.add_argument("--seed", type=int, default=0, help="seed of the deterministic weights and inputs")
     p.add_argument("--peak-tflops", type=float, help="device peak for the utilisation (default: looked up)")
     p.add_argument("--out", type=Path, help="write the JSON report here")
     p.add_argument("--png", type=Path, help="write a bar chart here")
     p.add_argument("--torch-reference", type=Path, metavar="DIR", help="official checkout to compare against")
-    p.add_argument(
-        "--torch-compile", action="store_true", help="also time torch.compile of the official model"
-    )
+    p.add_argument("--torch-compile", action="store_true", help="also time torch.compile of the official model")
     p.add_argument(
         "--torch-grad-checkpoint",
         action="store_true",
@@ -635,26 +664,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights = reference_state_dict(model, args.seed)
         nnx.update(model, convert_state_dict(weights, model))
 
+    net = None
+    if args.torch_reference:  # fail fast, before the long JAX compile, if the checkout does not fit
+        print("building the official PyTorch model ...", file=sys.stderr)
+        net, build_s = official_net(args, weights)
     print(f"compiling the JAX {args.mode} step of {args.model} ...", file=sys.stderr)
     reference: dict[str, dict[str, np.ndarray]] = {}
     if args.mode == "infer":
         jax_runner, jax_maps = jax_infer_runner(model, views, device)
     else:
-        if args.torch_reference:  # same weights: check the eval forward first, then train from there
+        if net is not None:  # same weights: check the eval forward first, then train from there
             _, jax_maps = jax_infer_runner(model, views, device)
         jax_runner = jax_train_runner(model, views, labels, device)
     runners = [jax_runner]
     torch_facts: dict[str, Any] = {}
-    if args.torch_reference:
-        print("building the official PyTorch model ...", file=sys.stderr)
-        t_runners, reference, torch_facts = torch_runners(args, weights, views, labels)
+    if net is not None:
+        t_runners, reference, torch_facts = torch_runners(args, net, views, labels)
+        torch_facts["build_and_load_s"] = build_s
         runners += t_runners
 
     peaks = {}
-    for r in runners:  # warm-up, under the memory probe
-        peaks[r.name] = measure_peak_memory(
-            lambda r=r: [r.step() for _ in range(max(args.warmup, 1))], device
-        )
+    # Warm-up under the memory probe. PyTorch first: after XLA:CPU has run, gigabytes it freed can stay
+    # resident and would hide a later probe's growth; PyTorch leaves little behind (see measure_peak_memory).
+    for r in reversed(runners):
+        peaks[r.name] = measure_peak_memory(lambda r=r: [r.step() for _ in range(max(args.warmup, 1))], device)
     times: dict[str, list[float]] = {r.name: [] for r in runners}
     for _ in tqdm(range(args.repeats), desc="timed runs", unit="round", file=sys.stderr):
         for r in runners:  # interleaved: one run of each implementation per round
@@ -705,10 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_ceiling_tflops": ceiling,
         "results": results,
         "speedup": {
-            n: results[n]["latency"]["median_s"] / results["jax"]["latency"]["median_s"]
-            for n in results
-            if n != "jax"
+            n: results[n]["latency"]["median_s"] / results["jax"]["latency"]["median_s"] for n in results if n != "jax"
         },
+        "speedup_paired": {n: paired_ratios(times[n], times["jax"]) for n in results if n != "jax"},
         "torch": torch_facts or None,
         "agreement": None,
     }

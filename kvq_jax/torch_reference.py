@@ -277,9 +277,7 @@ def to_torch_views(views: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Channels-last clips (N, T, H, W, 3) → the official layout (N, 3, T, H, W), float32 tensors."""
     import torch
 
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1), np.float32)) for k, v in views.items()
-    }
+    return {k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, 1), np.float32)) for k, v in views.items()}
 
 
 def branch_forward(net: Any, views: Mapping[str, Any]) -> dict[str, Any]:
@@ -299,9 +297,7 @@ def branch_forward(net: Any, views: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def torch_vqa_loss(
-    preds: Mapping[str, Any], y: Any, plcc_weight: float = 1.0, rank_weight: float = 0.3
-) -> Any:
+def torch_vqa_loss(preds: Mapping[str, Any], y: Any, plcc_weight: float = 1.0, rank_weight: float = 0.3) -> Any:
     """Σ over branches of ``plcc_weight·plcc + rank_weight·rank`` (the DOVER/FAST-VQA objective), in torch.
 
     Same formula as ``kvq_jax.train.losses.vqa_loss`` (population std + 1e-8; rank scale not detached; the

@@ -79,9 +79,7 @@ def _write_pair_csv(path: Path, rows, header=("video1", "video2", "rank")) -> Pa
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------------ pure scoring
@@ -138,9 +136,7 @@ def test_read_scores_csv_formats(tmp_path):
 
 def test_read_pairs_xlsx_and_csv_forms_agree(tmp_path):
     expected = _pairs()
-    xlsx = _write_xlsx(
-        tmp_path / "rank-pair-val.xlsx", {"source": SOURCE, "nonsource": NONSOURCE, "notes": []}
-    )
+    xlsx = _write_xlsx(tmp_path / "rank-pair-val.xlsx", {"source": SOURCE, "nonsource": NONSOURCE, "notes": []})
     by_name = [
         _write_pair_csv(tmp_path / "rank_source.csv", SOURCE),
         _write_pair_csv(tmp_path / "rank_nonsource.csv", NONSOURCE),
@@ -307,9 +303,7 @@ def test_zip_without_prediction_csv_is_refused(tmp_path):
     bad = tmp_path / "sub.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("results/prediction.csv", "filename,score\na.mp4,1\n")
-    with pytest.raises(
-        ScoreInputError, match=r"no 'prediction\.csv' at the zip root \('results/prediction\.csv'\)"
-    ):
+    with pytest.raises(ScoreInputError, match=r"no 'prediction\.csv' at the zip root \('results/prediction\.csv'\)"):
         challenge.read_scores_csv(bad)
     (tmp_path / "fake.zip").write_text("not a zip")
     with pytest.raises(ScoreInputError, match=r"fake\.zip: not a valid zip file"):
@@ -380,21 +374,15 @@ def test_submission_zip_round_trips_through_the_scorer(tmp_path, capsys):
 
 def test_submit_cli_validates_coverage(tmp_path, capsys):
     truth = _write_scores(tmp_path / "truth.csv", TRUTH)
-    pred = _write_scores(
-        tmp_path / "output.txt", {k: v for k, v in PRED.items() if k != "c.mp4"}, header=False
-    )
+    pred = _write_scores(tmp_path / "output.txt", {k: v for k, v in PRED.items() if k != "c.mp4"}, header=False)
     assert submit.main(["--pred", str(pred), "--out", str(tmp_path / "o"), "--truth", str(truth)]) == 2
     assert "lack a prediction: 'c.mp4'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     full = _write_scores(tmp_path / "full.txt", PRED, header=False)
-    res = _run_cli(
-        "kvq_jax.eval.submit", "--pred", str(full), "--out", str(tmp_path / "o"), "--truth", str(truth)
-    )
+    res = _run_cli("kvq_jax.eval.submit", "--pred", str(full), "--out", str(tmp_path / "o"), "--truth", str(truth))
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["n"] == 6 and Path(out["zip"]).is_file() and "Warning" not in res.stderr
     with zipfile.ZipFile(out["zip"]) as zf:
-        got = {
-            r[0]: float(r[1]) for r in list(csv.reader(zf.read("prediction.csv").decode().splitlines()))[1:]
-        }
+        got = {r[0]: float(r[1]) for r in list(csv.reader(zf.read("prediction.csv").decode().splitlines()))[1:]}
     assert got == PRED

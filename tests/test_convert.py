@@ -71,9 +71,7 @@ def test_missing_key_is_named(mobile):
     model, sd = mobile
     sd = dict(sd)
     del sd["technical_backbone.stages.2.3.pwconv2.bias"]
-    with pytest.raises(
-        ConversionError, match=r"1 missing keys:\n  technical_backbone\.stages\.2\.3\.pwconv2\.bias"
-    ):
+    with pytest.raises(ConversionError, match=r"1 missing keys:\n  technical_backbone\.stages\.2\.3\.pwconv2\.bias"):
         convert_state_dict(sd, model)
 
 
@@ -91,9 +89,7 @@ def test_wrong_shape_is_named_with_both_shapes(mobile):
     with pytest.raises(ConversionError) as e:
         convert_state_dict(sd, model)
     msg = str(e.value)
-    assert (
-        "aesthetic_head.fc_hid.weight: checkpoint (32, 300, 1, 1, 1), model expects (32, 384, 1, 1, 1)" in msg
-    )
+    assert "aesthetic_head.fc_hid.weight: checkpoint (32, 300, 1, 1, 1), model expects (32, 384, 1, 1, 1)" in msg
 
 
 def test_all_problems_reported_at_once(mobile):
@@ -192,9 +188,7 @@ def test_convert_cli_writes_orbax_checkpoint_that_loads(tmp_path, mobile):
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "kvq_jax.json").read_text())["model"] == "dover_mobile"
     loaded = load_model("dover_mobile", out)
-    direct = with_params(
-        abstract_model("dover_mobile"), convert_state_dict(sd, abstract_model("dover_mobile"))
-    )
+    direct = with_params(abstract_model("dover_mobile"), convert_state_dict(sd, abstract_model("dover_mobile")))
     assert params_allclose(loaded, direct)
     assert not params_allclose(loaded, get_model("dover_mobile", seed=5))
     # The wrong architecture is refused by name.

@@ -93,9 +93,7 @@ def test_numpy_metrics_reject_bad_input():
 def test_rankdata_jax_average_ties(seed):
     p, y = _mos_like(seed, 257)
     for v in (p, y):
-        np.testing.assert_array_equal(
-            np.asarray(metrics.rankdata_jax(v.astype(np.float32))), scipy.stats.rankdata(v)
-        )
+        np.testing.assert_array_equal(np.asarray(metrics.rankdata_jax(v.astype(np.float32))), scipy.stats.rankdata(v))
 
 
 @pytest.mark.parametrize(("seed", "n"), [(0, 5), (1, 64), (2, 500), (3, 2000), (4, 3001)])

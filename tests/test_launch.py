@@ -29,9 +29,7 @@ SCRIPTS = sorted(p for p in LAUNCH.rglob("*") if p.suffix in {".sh", ".sbatch"})
 EXECUTABLES = [p for p in SCRIPTS if p.name not in {"lib.sh", "common.sh"}]
 FAKED = ("gcloud", "ssh", "sbatch", "srun")
 # Real tools the scripts (and the simulated workers) use; nothing else is on the sandbox PATH.
-TOOLS = (
-    "bash env tar gzip date dirname basename tr sed hostname sleep seq tail ln mkdir rm setsid nohup cat"
-).split()
+TOOLS = ("bash env tar gzip date dirname basename tr sed hostname sleep seq tail ln mkdir rm setsid nohup cat").split()
 
 RECORDER = """#!{python}
 import json, os, shutil, sys
@@ -256,9 +254,7 @@ def test_tpu_create_dry_run_prints_and_executes_nothing(sandbox: Sandbox) -> Non
         ("v6e-16", "v2-alpha-tpuv6e"),
     ],
 )
-def test_tpu_runtime_version_follows_the_accelerator(
-    sandbox: Sandbox, accelerator: str, runtime: str
-) -> None:
+def test_tpu_runtime_version_follows_the_accelerator(sandbox: Sandbox, accelerator: str, runtime: str) -> None:
     res = sandbox.run("tpu/create.sh", "--dry-run", **{**TPU, "ACCELERATOR_TYPE": accelerator})
     assert res.rc == 0, res.err
     assert f"--accelerator-type={accelerator}" in argv_lines(res)[0]
@@ -366,9 +362,7 @@ def test_tpu_run_default_run_name_and_no_data_dir(sandbox: Sandbox) -> None:
         ("tpu/delete.sh", ["--queued=1", "--yes=1"], "--force"),
     ],
 )
-def test_tpu_helpers_dry_run_equals_real_run(
-    sandbox: Sandbox, script: str, args: list[str], piece: str
-) -> None:
+def test_tpu_helpers_dry_run_equals_real_run(sandbox: Sandbox, script: str, args: list[str], piece: str) -> None:
     printed = assert_dry_then_real(sandbox, script, *args, **TPU)
     assert printed[0][0] == "gcloud" and piece in printed[0]
     assert "--zone=us-central2-b" in printed[0]
@@ -485,9 +479,7 @@ def gcloud_remote(sandbox: Sandbox, script: str, *args: str) -> str:
 
 def test_tpu_run_logs_stop_on_a_simulated_worker(sandbox: Sandbox) -> None:
     home = make_worker_home(sandbox)
-    run = on_worker(
-        sandbox, home, gcloud_remote(sandbox, "tpu/run.sh", "--run-name=sim", "--", "--config.x=1")
-    )
+    run = on_worker(sandbox, home, gcloud_remote(sandbox, "tpu/run.sh", "--run-name=sim", "--", "--config.x=1"))
     assert run.rc == 0, run.err
     (call,) = trainer_calls(sandbox)
     assert call["argv"] == [
@@ -627,9 +619,7 @@ def test_worker_start_and_stop_manage_the_process_group(sandbox: Sandbox) -> Non
 def test_worker_start_reports_an_early_exit(sandbox: Sandbox) -> None:
     checkout = fake_checkout(sandbox)
     program = "import sys; print('bad config key: x'); sys.exit(3)"
-    res = sandbox.run(
-        "worker/start.sh", "--name=bad", "--", "python3", "-c", program, cwd=checkout, CHECK_SECONDS="1"
-    )
+    res = sandbox.run("worker/start.sh", "--name=bad", "--", "python3", "-c", program, cwd=checkout, CHECK_SECONDS="1")
     assert res.rc == 2
     assert "bad config key: x" in res.err and "exit status 3" in res.err
     host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
@@ -704,9 +694,7 @@ def test_slurm_one_process_per_gpu(sandbox: Sandbox) -> None:
 
 
 def test_slurm_train_real_run_matches_dry_run(sandbox: Sandbox) -> None:
-    assert_dry_then_real(
-        sandbox, "slurm/train.sbatch", "--workdir=/w", "--python=python3", SLURM_NTASKS_PER_NODE="1"
-    )
+    assert_dry_then_real(sandbox, "slurm/train.sbatch", "--workdir=/w", "--python=python3", SLURM_NTASKS_PER_NODE="1")
 
 
 @pytest.mark.parametrize(
@@ -724,9 +712,7 @@ def test_slurm_train_real_run_matches_dry_run(sandbox: Sandbox) -> None:
         ("slurm/train.sbatch", [], {}, "WORKDIR is not set"),
     ],
 )
-def test_slurm_bad_input(
-    sandbox: Sandbox, script: str, args: list[str], env: dict[str, str], message: str
-) -> None:
+def test_slurm_bad_input(sandbox: Sandbox, script: str, args: list[str], env: dict[str, str], message: str) -> None:
     res = sandbox.run(script, "--dry-run", *args, **env)
     assert res.rc == 2 and message in res.err, res.err
 
@@ -755,9 +741,7 @@ def test_multinode_one_process_per_gpu(sandbox: Sandbox) -> None:
         "--ssh-flags=-p 2222", ordered=False,
         HOSTS="gpu-a,me@gpu-b", WORKDIR="/shared/w", REMOTE_DIR="/shared/kvq jax",
     )  # fmt: skip
-    assert [argv[:4] for argv in printed] == [
-        ["ssh", "-p", "2222", h] for h in ("gpu-a",) * 2 + ("me@gpu-b",) * 2
-    ]
+    assert [argv[:4] for argv in printed] == [["ssh", "-p", "2222", h] for h in ("gpu-a",) * 2 + ("me@gpu-b",) * 2]
     for proc, argv in enumerate(printed):
         remote = shlex.split(argv[4])
         assert remote[:3] == ["cd", "/shared/kvq jax", "&&"]

@@ -158,9 +158,7 @@ def test_adaptive_rank_hand_worked_fixed_margin() -> None:
     # Better video = larger index. Homologous pairs (1,0): Δp=0.5 ≥ 0.1 → 0; (3,2): Δp=0.7 → 0. mean 0.
     # Non-homologous, margin 0.2: (2,0) Δp=0.2 → 0; (2,1) Δp=−0.3 → 0.5; (3,0) 0.9 → 0; (3,1) 0.4 → 0.
     # mean = 0.5/4 = 0.125; loss = 1.0·0 + 0.5·0.125 = 0.0625.
-    kw = dict(
-        margin_homologous=0.1, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.5
-    )
+    kw = dict(margin_homologous=0.1, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.5)
     out = adaptive_rank_loss(p, y, g, adaptive=False, normalize=False, **kw)
     np.testing.assert_allclose(float(out), 0.0625, rtol=1e-5)
     # Adaptive: margins ×Δy. Hom (1,0): 0.1·1 → 0; (3,2): 0.1 → 0. Non-hom: (2,0) 0.2·2=0.4−0.2 = 0.2;
@@ -175,9 +173,7 @@ def test_adaptive_rank_hand_worked_homologous_and_ties() -> None:
     g = np.array([5, 5, 5])
     # Tie (0,1) is skipped. Pairs (2,0): Δp = −0.1, margin 0.3 → 0.4; (2,1): Δp = 0.2 → 0.1. mean = 0.25;
     # weight_homologous 2 → 0.5; no non-homologous pairs → that term is 0.
-    kw = dict(
-        margin_homologous=0.3, margin_nonhomologous=9.0, weight_homologous=2.0, weight_nonhomologous=7.0
-    )
+    kw = dict(margin_homologous=0.3, margin_nonhomologous=9.0, weight_homologous=2.0, weight_nonhomologous=7.0)
     out = adaptive_rank_loss(p, y, g, adaptive=False, normalize=False, **kw)
     np.testing.assert_allclose(float(out), 0.5, rtol=1e-5)
 
@@ -211,9 +207,7 @@ def test_adaptive_rank_valid_mask_equals_subset() -> None:
     y = rng.uniform(1, 5, 9).astype(np.float32)
     g = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3])
     valid = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], bool)
-    kw = dict(
-        margin_homologous=0.5, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.3
-    )
+    kw = dict(margin_homologous=0.5, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.3)
     full = adaptive_rank_loss(np.where(valid, p, 99.0), np.where(valid, y, 0.0), g, valid=valid, **kw)
     sub = adaptive_rank_loss(p[valid], y[valid], g[valid], **kw)
     np.testing.assert_allclose(float(full), float(sub), rtol=1e-5)
@@ -236,9 +230,7 @@ def test_vqa_loss_with_adaptive_rank_and_errors() -> None:
     p = np.array([0.0, 0.5, 0.2, 0.9], np.float32)
     y = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
     g = np.array([0, 0, 1, 1])
-    opts = dict(
-        margin_homologous=0.1, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.5
-    )
+    opts = dict(margin_homologous=0.1, margin_nonhomologous=0.2, weight_homologous=1.0, weight_nonhomologous=0.5)
     opts |= {"adaptive": False, "normalize": False}
     weights = {"plcc": 0.0, "rank": 0.0, "arank": 2.0}
     loss, aux = vqa_loss({"fragments": p}, y, weights=weights, group=g, arank_options=opts)

@@ -98,17 +98,13 @@ def test_cosine_and_constant_schedules() -> None:
     def ref(t: int) -> float:
         if t < warmup:
             return peak * t / warmup
-        return end + (peak - end) * 0.5 * (
-            1 + math.cos(math.pi * min(t - warmup, total - warmup) / (total - warmup))
-        )
+        return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * min(t - warmup, total - warmup) / (total - warmup)))
 
     for t in (0, 4, 10, 35, 60, 109, 110, 200):
         np.testing.assert_allclose(float(s(t)), ref(t), rtol=1e-5, atol=1e-12)
     cfg = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 10, "total_steps": 110}
     np.testing.assert_allclose(float(make_schedule(cfg)(60)), 0.5e-3, rtol=1e-5)
-    np.testing.assert_allclose(
-        float(make_schedule({"lr": 0.1, "schedule": "constant"})(1234)), 0.1, rtol=1e-7
-    )
+    np.testing.assert_allclose(float(make_schedule({"lr": 0.1, "schedule": "constant"})(1234)), 0.1, rtol=1e-7)
     with pytest.raises(ValueError, match="warmup_steps"):
         make_schedule({"lr": 0.1, "schedule": "dover", "total_steps": 5})
     with pytest.raises(ValueError, match="unknown schedule"):
@@ -150,9 +146,7 @@ def test_three_steps_match_numpy_adamw() -> None:
     tx = make_optimizer(cfg, params)
     state = tx.init(params)
     ref = [NpAdamW(wd=0.05) for _ in jax.tree.leaves(params)]
-    mults = [
-        0.1 if "backbone" in path_str(p) else 1.0 for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-    ]
+    mults = [0.1 if "backbone" in path_str(p) else 1.0 for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     p_ref = leaves64(params)
     for step in range(4):
         grads = random_grads(params, 100 + step)
@@ -214,9 +208,7 @@ def test_grad_clipping_uses_trainable_norm_only() -> None:
         p_ref = {k: ref[k].step(p_ref[k], factor * g[k], 0.01) for k in ("w", "b")}
     assert clipped_any
     for k in ("w", "b"):
-        np.testing.assert_allclose(
-            np.asarray(params["technical_head"][k], np.float64), p_ref[k], rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(np.asarray(params["technical_head"][k], np.float64), p_ref[k], rtol=1e-5, atol=1e-6)
     # Without clipping the result differs (Adam is not scale-invariant after the first step).
     params2 = make_params(3)
     tx2 = make_optimizer({**cfg, "grad_clip_norm": None}, params2)
@@ -263,9 +255,7 @@ def test_matches_torch_adamw_param_groups_and_lambdalr() -> None:
     cfg |= {"warmup_steps": warmup, "total_steps": total}
     tx = make_optimizer(cfg, params)
     state = tx.init(params)
-    tparams = jax.tree.map(
-        lambda x: torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True), params
-    )
+    tparams = jax.tree.map(lambda x: torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True), params)
     groups = [
         {"params": jax.tree.leaves(tparams["technical_backbone"]), "lr": 1e-2 * 0.1},
         {"params": jax.tree.leaves(tparams["technical_head"]), "lr": 1e-2},
@@ -307,9 +297,7 @@ def test_path_str_and_labels_on_nnx_state() -> None:
         "technical_head/bias",
         "technical_head/kernel",
     ]
-    pure_paths = sorted(
-        path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-    )
+    pure_paths = sorted(path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0])
     assert pure_paths == paths
     labels = jax.tree.leaves(param_labels(nnx.to_pure_dict(state), no_decay=[".*bias"]))
     assert sorted(labels) == ["backbone", "backbone_nodecay", "other", "other_nodecay"]
@@ -321,9 +309,7 @@ def test_path_str_and_labels_on_nnx_state() -> None:
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((4, 2))) ** 2))(model)
     opt.update(model, grads)
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    np.testing.assert_array_equal(
-        after["technical_backbone"][0]["kernel"], before["technical_backbone"][0]["kernel"]
-    )
+    np.testing.assert_array_equal(after["technical_backbone"][0]["kernel"], before["technical_backbone"][0]["kernel"])
     assert not np.allclose(after["technical_head"]["kernel"], before["technical_head"]["kernel"])
     # EMA straight on nnx.State: 0.5·before + 0.5·after.
     ema = ema_update(nnx.state(Tiny(nnx.Rngs(0)), nnx.Param), nnx.state(model, nnx.Param), 0.5)

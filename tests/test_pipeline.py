@@ -35,10 +35,10 @@ def _take(it, n: int) -> list[dict[str, np.ndarray]]:
     return [next(it) for _ in range(n)]
 
 
-def _same(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> bool:
-    return len(a) == len(b) and all(
-        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
-    )
+def _diff(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> list[tuple[int, str]]:
+    """(batch, field) pairs that differ; empty when the two batch lists are identical."""
+    assert len(a) == len(b) and all(x.keys() == y.keys() for x, y in zip(a, b, strict=True))
+    return [(i, k) for i, (x, y) in enumerate(zip(a, b, strict=True)) for k in x if not np.array_equal(x[k], y[k])]
 
 
 def test_batches_have_the_documented_layout(tiny_tfds: Path) -> None:
@@ -59,7 +59,7 @@ def test_train_is_deterministic_for_a_seed(tiny_tfds: Path) -> None:
     a = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=5), 5)  # 20 > 14: crosses an epoch
     b = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=5), 5)
     c = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=6), 5)
-    assert _same(a, b)
+    assert not _diff(a, b)
     assert not any(np.array_equal(x["technical"], y["technical"]) for x, y in zip(a, c, strict=True))
     first_epoch = np.concatenate([x["name"] for x in a])[:14]
     assert sorted(first_epoch) == sorted(src[i]["name"] for i in range(len(src)))
@@ -90,10 +90,10 @@ def test_iterator_state_restores_through_orbax(tiny_tfds: Path, tmp_path: Path) 
     expected = _take(it, 2)
     fresh = pipeline.train_iterator(src, SPEC, global_batch_size=2, seed=3)
     mngr.restore(2, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
-    assert _same(_take(fresh, 2), expected)
+    assert not _diff(_take(fresh, 2), expected)
     again = pipeline.train_iterator(src, SPEC, global_batch_size=2, seed=3)
     again.set_state(state)
-    assert _same(_take(again, 2), expected)
+    assert not _diff(_take(again, 2), expected)
     mngr.close()
 
 
@@ -106,10 +106,10 @@ def test_worker_processes_give_the_same_batches_and_restore(tiny_tfds: Path) -> 
     state = workers.get_state()
     tail = _take(workers, 2)
     workers.close()
-    assert _same(head + tail, inline)
+    assert not _diff(head + tail, inline)
     resumed = pipeline.train_iterator(src, SPEC, global_batch_size=2, seed=9, num_workers=2)
     resumed.set_state(state)
-    assert _same(_take(resumed, 2), tail)
+    assert not _diff(_take(resumed, 2), tail)
     resumed.close()
 
 
@@ -163,4 +163,16 @@ def test_to_global_shards_over_the_data_axis(tiny_tfds: Path) -> None:
         pipeline.train_iterator(src, SPEC, global_batch_size=3, seed=0, shard_index=0, shard_count=2)
     if n_dev > 1:  # with several (e.g. fake CPU) devices the batch must also split over them
         with pytest.raises(ValueError, match="multiple of the mesh"):
-            pipeline.train_iterator(src, SPEC, global_batch_size=n_dev + 1, seed=0, shard_index=0, shard_count=1, mesh=mesh)
+            pipeline.train_iterator(
+                src, SPEC, global_batch_size=n_dev + 1, seed=0, shard_index=0, shard_count=1, mesh=mesh
+            )
+
+
+def test_view_presets_resolve_to_train_and_test_forms() -> None:
+    test_time = pipeline.resolve_views("dover")
+    train = pipeline.resolve_views("dover", train=True)
+    assert test_time["technical"].num_clips == 3 and train["technical"].num_clips == 1
+    assert {k: v.num_clips for k, v in pipeline.resolve_views("dover", 4).items()} == {"technical": 4, "aesthetic": 4}
+    assert pipeline.view_shapes(train) == {"technical": (1, 32, 224, 224, 3), "aesthetic": (1, 32, 224, 224, 3)}
+    with pytest.raises(KeyError, match="unknown view preset"):
+        pipeline.resolve_views("nope")

@@ -85,9 +85,7 @@ def test_sampler_dover_aesthetic_one_frame_per_segment():
 def test_sampler_wraps_short_videos():
     spec = ViewSpec("fragments", clip_len=8, frame_interval=2, aligned=8)
     np.testing.assert_array_equal(sample_frame_indices(10, spec, None), [0, 2, 4, 6, 8, 0, 2, 4])
-    np.testing.assert_array_equal(
-        sample_frame_indices(10, spec, np.random.default_rng(0)), [0, 2, 4, 6, 8, 0, 2, 4]
-    )
+    np.testing.assert_array_equal(sample_frame_indices(10, spec, np.random.default_rng(0)), [0, 2, 4, 6, 8, 0, 2, 4])
     # 5 frames, 32 segments: every segment is empty (L=0), so all 32 samples are frame 0.
     np.testing.assert_array_equal(sample_frame_indices(5, VIEW_PRESETS["dover"]["aesthetic"], None), [0] * 32)
     # 3 segments over 40 frames: L=13 < 64, offsets 0, wrap mod 40.
@@ -190,9 +188,7 @@ def test_fragments_upscale_uses_the_pre_upscale_grid():
     video = np.stack([3 * y, 2 * x, np.full_like(y, 200)], axis=-1).astype(np.uint8)
     spec = ViewSpec("fragments", clip_len=2, frame_interval=1, aligned=2)
     view = spatial_fragments(video, spec, np.random.default_rng(0)).astype(np.float64)
-    rows = np.repeat([0, 9, 18, 27, 32, 32, 32], 32) + np.tile(
-        np.arange(32), 7
-    )  # pre-upscale grid, no offsets
+    rows = np.repeat([0, 9, 18, 27, 32, 32, 32], 32) + np.tile(np.arange(32), 7)  # pre-upscale grid, no offsets
     cols = np.repeat([0, 13, 26, 39, 52, 64, 64], 32) + np.tile(np.arange(32), 7)
     src_rows = np.clip((rows + 0.5) / 3.5 - 0.5, 0, height - 1)
     src_cols = np.clip((cols + 0.5) / 3.5 - 0.5, 0, width - 1)
@@ -249,9 +245,7 @@ def test_resize_matches_torch_generic_kernel_exactly(shape):
     video = np.random.default_rng(height).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
     # Channels folded into a contiguous [1, T*3, H, W] tensor selects torch's generic (channels-first) kernel.
     x = torch.from_numpy(video).permute(0, 3, 1, 2).contiguous().reshape(1, frames * 3, height, width).float()
-    ref = torch.nn.functional.interpolate(
-        x, size=(224, 224), mode="bilinear", align_corners=False, antialias=False
-    )
+    ref = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=False)
     ref = ref.round().to(torch.uint8).reshape(frames, 3, 224, 224).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(resize_view(video, ViewSpec("resize")), ref)
 
@@ -450,9 +444,7 @@ def test_train_views_force_one_clip():
                 == (VIEW_PRESETS[preset][branch])
             )
     assert train_views("dover")["technical"].total_frames == 32
-    assert (
-        preset_views("dover") == VIEW_PRESETS["dover"] and preset_views("dover") is not VIEW_PRESETS["dover"]
-    )
+    assert preset_views("dover") == VIEW_PRESETS["dover"] and preset_views("dover") is not VIEW_PRESETS["dover"]
     with pytest.raises(KeyError, match="known"):
         train_views("dover_plus_plus")
 

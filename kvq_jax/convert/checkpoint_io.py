@@ -66,8 +66,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 import torch
             except ImportError as e:
                 raise CheckpointReadError(
-                    f"{path}: reading PyTorch files needs torch; "
-                    "install the extra: pip install 'kvq-jax[torch]'"
+                    f"{path}: reading PyTorch files needs torch; install the extra: pip install 'kvq-jax[torch]'"
                 ) from e
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except CheckpointReadError:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from kvq_jax.data import kvq_layout
 from kvq_jax.data.tfds_kvq import BUILDERS
@@ -49,7 +50,7 @@ def build(
         download_mode=mode,
     )
     builder.download_and_prepare(download_config=config)
-    meta = json.loads((Path(builder.data_path) / "metadata.json").read_text())
+    meta = json.loads((epath.Path(builder.data_path) / "metadata.json").read_text())
     return {
         "dataset": dataset,
         "path": str(builder.data_path),
@@ -77,8 +78,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  rank pairs dropped because they name a skipped video: {dropped}")
     skipped = report["skipped"]
     lines.append(
-        f"  skipped {len(skipped)} video(s)"
-        + (f", listed in {report['path']}/{SKIPPED_FILE}:" if skipped else "")
+        f"  skipped {len(skipped)} video(s)" + (f", listed in {report['path']}/{SKIPPED_FILE}:" if skipped else "")
     )
     lines += [f"    [{s['split']}] {s['name']} ({s['path']}): {s['reason']}" for s in skipped]
     return "\n".join(lines)

@@ -125,31 +125,21 @@ def decode_frames(
         raise ValueError(f"{label}: indices must be a non-empty 1-D sequence, got shape {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"{label}: indices must be integers, got dtype {idx.dtype}")
-    reader = (
-        source
-        if isinstance(source, decord.VideoReader)
-        else open_video(source, name, num_threads=num_threads)
-    )
+    reader = source if isinstance(source, decord.VideoReader) else open_video(source, name, num_threads=num_threads)
     count = len(reader)
     bad = (idx < 0) | (idx >= count)
     if bad.any():
-        raise IndexError(
-            f"{label}: frame indices {idx[bad][:8].tolist()} out of range for a video of {count} frames"
-        )
+        raise IndexError(f"{label}: frame indices {idx[bad][:8].tolist()} out of range for a video of {count} frames")
     unique, inverse = np.unique(idx, return_inverse=True)
     try:
         batch = _to_numpy(reader.get_batch(unique.tolist()))
     except Exception as err:  # DECORDError / RuntimeError from a frame that cannot be read or converted
         raise VideoDecodeError(f"{label}: decoding frames failed ({_short(err)})") from err
     finally:
-        with contextlib.suppress(
-            Exception
-        ):  # a broken stream may refuse to seek; the error above matters more
+        with contextlib.suppress(Exception):  # a broken stream may refuse to seek; the error above matters more
             reader.seek(0)
     if batch.ndim != 4 or batch.shape[0] != unique.size or batch.dtype != np.uint8:
-        raise VideoDecodeError(
-            f"{label}: decoder returned {batch.dtype} {batch.shape} for {unique.size} frames"
-        )
+        raise VideoDecodeError(f"{label}: decoder returned {batch.dtype} {batch.shape} for {unique.size} frames")
     if unique.size == idx.size and np.array_equal(unique, idx):
         return batch
     return batch[inverse.reshape(-1)]

@@ -114,11 +114,7 @@ def _parse_score(text: str, where: str) -> float:
 def _read_rows(csv_path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
     """(header or None, [(line number, cells)]); blank lines are skipped, a UTF-8 BOM is tolerated."""
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [
-            (i, [c.strip() for c in r])
-            for i, r in enumerate(csv.reader(f), start=1)
-            if any(c.strip() for c in r)
-        ]
+        rows = [(i, [c.strip() for c in r]) for i, r in enumerate(csv.reader(f), start=1) if any(c.strip() for c in r)]
     if not rows:
         raise LayoutError(f"{csv_path}: empty label file")
     if _has_header(rows[0][1]):

@@ -59,16 +59,18 @@ def load_split(data_dir: str | os.PathLike, name: str = "kvq_synthetic", split: 
 
 
 def resolve_views(
-    spec: Mapping[str, views_lib.ViewSpec] | str, num_clips: int | None = None
+    spec: Mapping[str, views_lib.ViewSpec] | str, num_clips: int | None = None, *, train: bool = False
 ) -> dict[str, views_lib.ViewSpec]:
-    """A preset name (``views.VIEW_PRESETS``) or a branch->ViewSpec mapping, optionally with ``num_clips``."""
+    """Branch -> ViewSpec from a mapping or a preset name, optionally forcing ``num_clips``.
+
+    A preset name gives ``views.train_views(name)`` (one clip per branch) when ``train`` is set, else the
+    preset's test-time views (``views.preset_views(name)``)."""
     if isinstance(spec, str):
-        if spec not in views_lib.VIEW_PRESETS:
-            raise KeyError(f"unknown view preset {spec!r}; choose one of {sorted(views_lib.VIEW_PRESETS)}")
-        spec = views_lib.VIEW_PRESETS[spec]
-    if not spec:
+        out = views_lib.train_views(spec) if train else views_lib.preset_views(spec)
+    else:
+        out = dict(spec)
+    if not out:
         raise ValueError("no view branches given")
-    out = dict(spec)
     if num_clips is not None:
         out = {k: dataclasses.replace(v, num_clips=num_clips) for k, v in out.items()}
     return out
@@ -105,7 +107,10 @@ class _TrainViews(grain.transforms.RandomMap):
 
 
 class _PaddedShard:
-    """Records ``[start, stop)`` of ``source``, then ``None`` padding up to ``length`` (random access)."""
+    """Records ``[start, stop)`` of ``source``, then padding up to ``length`` (random access).
+
+    Items are ``(index, record)`` and ``(-1, None)`` for padding: a bare ``None`` would count as filtered out
+    for grain and be dropped, while padding rows must reach the batch."""
 
     def __init__(self, source: Any, start: int, stop: int, length: int):
         self.source, self.start, self.stop, self.length = source, start, stop, length
@@ -187,12 +192,10 @@ def _local_batch(global_batch_size: int, shard_count: int, mesh: Any, data_axis:
 def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int, batch: int, drop_remainder: bool):
     if num_workers > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (outside absl.app.run too)
-    it_ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
-    )
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads))
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return it_ds.batch(batch, drop_remainder=drop_remainder, batch_fn=_stack).__iter__()
+    return iter(it_ds.batch(batch, drop_remainder=drop_remainder, batch_fn=_stack))
 
 
 def train_iterator(
@@ -212,15 +215,16 @@ def train_iterator(
     """Endless (or ``num_epochs``) shuffled training batches of this process's shard, as local numpy dicts.
 
     The shard is ``[shard_index::shard_count]`` of the repeated, shuffled stream (default: this JAX
-    process); the local batch is ``global_batch_size // shard_count``. ``mesh`` only checks divisibility;
-    pass each batch to :func:`to_global`.
+    process); the local batch is ``global_batch_size // shard_count``. ``views`` is branch -> ViewSpec or a
+    preset name (its training form, ``views.train_views``). ``mesh`` only checks divisibility; pass each
+    batch to :func:`to_global`.
     """
     index, count = _process(shard_index, shard_count)
     local = _local_batch(global_batch_size, count, mesh, data_axis)
     if len(data_source) == 0:
         raise ValueError("empty data source")
     ds = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)[index::count]
-    ds = ds.random_map(_TrainViews(resolve_views(views)))
+    ds = ds.random_map(_TrainViews(resolve_views(views, train=True)))
     return _finish(ds, num_workers, read_threads, local, drop_remainder=True)
 
 
@@ -249,8 +253,9 @@ def eval_iterator(
 ) -> grain.DatasetIterator:
     """Every record of ``data_source`` once (over all processes), deterministic views, padded last batches.
 
-    ``num_clips`` overrides each branch's clip count (e.g. 4 for multi-clip testing). Rows with
-    ``valid=False`` are padding (empty ``name``) or decode failures (``error`` says why).
+    ``views`` is branch -> ViewSpec or a preset name (its test-time views); ``num_clips`` overrides each
+    branch's clip count. Rows with ``valid=False`` are padding (empty ``name``) or decode failures
+    (``error`` says why; see :func:`failed_names`).
     """
     index, count = _process(shard_index, shard_count)
     local = _local_batch(global_batch_size, count, mesh, data_axis)

@@ -223,18 +223,14 @@ def _render_canvas(rng: np.random.Generator, scenario: str, h: int, w: int) -> n
     return np.clip(img, 0, 255).astype(np.float32)
 
 
-def render_source(
-    rng: np.random.Generator, scenario: str, height: int, width: int, frames: int
-) -> np.ndarray:
+def render_source(rng: np.random.Generator, scenario: str, height: int, width: int, frames: int) -> np.ndarray:
     """A clean clip uint8 [T, H, W, 3]: a sinusoidal camera pan over a canvas plus a bouncing sprite."""
     pad_y, pad_x = max(4, height // 4), max(4, width // 4)
     canvas = _render_canvas(rng, scenario, height + 2 * pad_y, width + 2 * pad_x)
     sprite_h, sprite_w = max(8, height // 6), max(8, width // 4)
     sprite = _colourise(rng, _fractal(rng, sprite_h, sprite_w, 1.2), 60.0)
     sprite_mask = np.zeros((sprite_h, sprite_w), np.float32)
-    cv2.ellipse(
-        sprite_mask, (sprite_w // 2, sprite_h // 2), (sprite_w // 2 - 1, sprite_h // 2 - 1), 0, 0, 360, 1, -1
-    )
+    cv2.ellipse(sprite_mask, (sprite_w // 2, sprite_h // 2), (sprite_w // 2 - 1, sprite_h // 2 - 1), 0, 0, 360, 1, -1)
     sprite_mask = sprite_mask[..., None]
     amp_y, amp_x = rng.uniform(0.3, 1.0) * pad_y, rng.uniform(0.3, 1.0) * pad_x
     per_y, per_x = rng.uniform(40, 120), rng.uniform(40, 120)
@@ -369,9 +365,7 @@ def _make_source(args: tuple[Params, int, str, Path]) -> list[VideoRow]:
     return rows
 
 
-def make_pairs(
-    rows: Sequence[VideoRow], rng: np.random.Generator, same_source: bool
-) -> list[tuple[str, str, int]]:
+def make_pairs(rows: Sequence[VideoRow], rng: np.random.Generator, same_source: bool) -> list[tuple[str, str, int]]:
     """Close-but-distinct rank pairs (0.05 < |dMOS| < 0.75), about one per video; rank 1 = video1 better.
 
     ``same_source`` picks the challenge's ``source`` sheet (homologous pairs) or ``nonsource``."""
@@ -515,9 +509,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--sources", type=int, default=16, help="number of source clips (x7 videos)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--size", type=_parse_size, default=(180, 320), help="WxH, portrait (default 180x320)"
-    )
+    parser.add_argument("--size", type=_parse_size, default=(180, 320), help="WxH, portrait (default 180x320)")
     parser.add_argument("--frames", type=int, default=64, help="frames per clip at 30 fps")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     parser.add_argument("--preset", default="veryfast", help="x264 preset")

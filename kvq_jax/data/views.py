@@ -100,9 +100,7 @@ class ViewSpec:
         return self.size_h, self.size_w
 
 
-def _fragments(
-    h: int, w: int, fsize: int, aligned: int, clip_len: int, num_clips: int, **kw: Any
-) -> ViewSpec:
+def _fragments(h: int, w: int, fsize: int, aligned: int, clip_len: int, num_clips: int, **kw: Any) -> ViewSpec:
     return ViewSpec(
         "fragments",
         clip_len=clip_len,
@@ -119,9 +117,7 @@ def _fragments(
 
 _DOVER_VIEWS = {
     "technical": _fragments(7, 7, 32, aligned=32, clip_len=32, num_clips=3),
-    "aesthetic": ViewSpec(
-        "resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1, size_h=224, size_w=224
-    ),
+    "aesthetic": ViewSpec("resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1, size_h=224, size_w=224),
 }
 
 # Test-time views of each released model, checked against dover.yml / dover-mobile.yml (identical data
@@ -293,9 +289,7 @@ def _upscaled_top_left(video: np.ndarray, ratio: float, order: np.ndarray) -> np
     return _bilinear(video, out_hw, (step, step), (in_h, in_w), unit_scale=True, order=order)
 
 
-def _cell_offsets(
-    cell: int, fsize: int, shape: tuple[int, ...], rng: np.random.Generator | None
-) -> np.ndarray:
+def _cell_offsets(cell: int, fsize: int, shape: tuple[int, ...], rng: np.random.Generator | None) -> np.ndarray:
     """Patch offsets in a grid cell: uniform in ``[0, cell - fsize)``, centred, or 0 if the cell is small."""
     if cell <= fsize:
         return np.zeros(shape, np.int64)

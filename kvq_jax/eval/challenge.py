@@ -147,9 +147,7 @@ def _open_text(path: Path) -> io.StringIO:
             with zipfile.ZipFile(path) as zf:
                 members = zf.namelist()
                 if PREDICTION_MEMBER not in members:
-                    raise ScoreInputError(
-                        f"{path}: no {PREDICTION_MEMBER!r} at the zip root ({_listing(members)})"
-                    )
+                    raise ScoreInputError(f"{path}: no {PREDICTION_MEMBER!r} at the zip root ({_listing(members)})")
                 raw = zf.read(PREDICTION_MEMBER)
         except zipfile.BadZipFile as e:
             raise ScoreInputError(f"{path}: not a valid zip file ({e})") from None
@@ -473,9 +471,7 @@ def bootstrap_ci(
         sheet = getattr(pairs, kind)
         i1 = np.array([index[q.video1] for q in sheet])
         i2 = np.array([index[q.video2] for q in sheet])
-        correct = np.array(
-            [(1 if pred[q.video1] >= pred[q.video2] else 2) == q.rank for q in sheet], dtype=float
-        )
+        correct = np.array([(1 if pred[q.video1] >= pred[q.video2] else 2) == q.rank for q in sheet], dtype=float)
         sheets[kind] = (i1, i2, correct)
     rng = np.random.default_rng(seed)
     keys = [f.name for f in dataclasses.fields(ChallengeScore) if f.name != "n"]
@@ -509,7 +505,5 @@ def bootstrap_ci(
     if used == 0:
         raise ScoreInputError(f"all {n_boot} bootstrap replicates were degenerate; too few videos or pairs")
     tail = 100 * (1 - level) / 2
-    intervals = {
-        k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()
-    }
+    intervals = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
     return intervals, used

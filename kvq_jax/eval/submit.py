@@ -62,9 +62,7 @@ def write_submission(predictions: Mapping[str, float], out_dir: str | Path) -> t
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kvq_jax.eval.submit", description=__doc__)
-    ap.add_argument(
-        "--pred", required=True, help="predictions CSV ('filename,score' or headerless 'name,score')"
-    )
+    ap.add_argument("--pred", required=True, help="predictions CSV ('filename,score' or headerless 'name,score')")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--truth", help="CSV with a 'filename' column: every video in it must have a prediction")
     ap.add_argument("--basename", action="store_true", help="reduce names to their file name (strip dirs)")

@@ -21,6 +21,19 @@ from kvq_jax.models.vqa import ModelSpec, VQAModel, dover_fusion, fastvqa_sigmoi
 _FAST_SWIN = SwinConfig(adaptive_window=True)
 _FAST_SWIN_M = SwinConfig(window_size=(4, 4, 4), frag_biases=(False,) * 4, adaptive_window=True)
 
+
+def _fast(name: str, swin: SwinConfig, mean: float, std: float) -> ModelSpec:
+    """A FAST-VQA-family model: one `fragments` Swin branch, one shared `vqa_head`, its own views and sigmoid."""
+    return ModelSpec(
+        name=name,
+        backbones=(("fragments", swin),),
+        head_hidden=64,
+        shared_head=True,
+        views=name,
+        normalize=fastvqa_sigmoid(mean, std),
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     "dover": ModelSpec(
         name="dover",
@@ -38,46 +51,12 @@ MODELS: dict[str, ModelSpec] = {
         views="dover_mobile",
         normalize=dover_fusion,
     ),
-    "fastvqa_b": ModelSpec(
-        name="fastvqa_b",
-        backbones=(("fragments", _FAST_SWIN),),
-        head_hidden=64,
-        shared_head=True,
-        views="fastvqa_b",
-        normalize=fastvqa_sigmoid(-0.110198185, 0.04178565),
-    ),
-    "fastervqa": ModelSpec(
-        name="fastervqa",
-        backbones=(("fragments", _FAST_SWIN),),
-        head_hidden=64,
-        shared_head=True,
-        views="fastervqa",
-        normalize=fastvqa_sigmoid(0.14759505, 0.03613452),
-    ),
-    "fastervqa_mt": ModelSpec(
-        name="fastervqa_mt",
-        backbones=(("fragments", _FAST_SWIN),),
-        head_hidden=64,
-        shared_head=True,
-        views="fastervqa_mt",
-        normalize=fastvqa_sigmoid(0.14699507, 0.036453716),
-    ),
-    "fastervqa_ms": ModelSpec(
-        name="fastervqa_ms",
-        backbones=(("fragments", _FAST_SWIN),),
-        head_hidden=64,
-        shared_head=True,
-        views="fastervqa_ms",
-        normalize=fastvqa_sigmoid(0.15218826, 0.03230298),
-    ),
-    "fastvqa_m": ModelSpec(
-        name="fastvqa_m",
-        backbones=(("fragments", _FAST_SWIN_M),),
-        head_hidden=64,
-        shared_head=True,
-        views="fastvqa_m",
-        normalize=fastvqa_sigmoid(0.023889644, 0.030781006),
-    ),
+    # (mean, std) of the sigmoid rescale: the official vqa.py table.
+    "fastvqa_b": _fast("fastvqa_b", _FAST_SWIN, -0.110198185, 0.04178565),
+    "fastervqa": _fast("fastervqa", _FAST_SWIN, 0.14759505, 0.03613452),
+    "fastervqa_mt": _fast("fastervqa_mt", _FAST_SWIN, 0.14699507, 0.036453716),
+    "fastervqa_ms": _fast("fastervqa_ms", _FAST_SWIN, 0.15218826, 0.03230298),
+    "fastvqa_m": _fast("fastvqa_m", _FAST_SWIN_M, 0.023889644, 0.030781006),
 }
 
 
@@ -94,9 +73,7 @@ def abstract_model(name: str, *, dtype: Dtype = jnp.float32, drop_path_rate: flo
     if drop_path_rate is not None:
         spec = dataclasses.replace(
             spec,
-            backbones=tuple(
-                (b, dataclasses.replace(c, drop_path_rate=drop_path_rate)) for b, c in spec.backbones
-            ),
+            backbones=tuple((b, dataclasses.replace(c, drop_path_rate=drop_path_rate)) for b, c in spec.backbones),
         )
     return nnx.eval_shape(lambda: VQAModel(spec, dtype=dtype, rngs=nnx.Rngs(0)))
 
@@ -107,9 +84,7 @@ def with_params(abstract: VQAModel, params: nnx.State) -> VQAModel:
     return nnx.merge(graphdef, params)
 
 
-def get_model(
-    name: str, *, dtype: Dtype = jnp.float32, seed: int = 0, drop_path_rate: float | None = None
-) -> VQAModel:
+def get_model(name: str, *, dtype: Dtype = jnp.float32, seed: int = 0, drop_path_rate: float | None = None) -> VQAModel:
     """A registered model with fresh float32 params (official init, see `init.py`) and `dtype` compute."""
     abstract = abstract_model(name, dtype=dtype, drop_path_rate=drop_path_rate)
     return with_params(abstract, init_params(nnx.state(abstract, nnx.Param), seed))

@@ -21,9 +21,7 @@ def gelu(x: jax.Array) -> jax.Array:
 
 def layer_norm(dim: int, eps: float, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm over the last axis with PyTorch's two-pass variance (float32 params)."""
-    return nnx.LayerNorm(
-        dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs
-    )
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
 
 
 def dense(din: int, dout: int, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:

@@ -60,25 +60,118 @@ def conv3d(cin: int, cout: int, kernel, strides, padding, dtype: Dtype, rngs: nn
     )
 
 
-def depthwise_conv3d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """'Same' depthwise 3-D convolution, (B, T, H, W, C) with a (k, kh, kw, 1, C) kernel.
+def _spatial_taps(frames: jax.Array, kernel2d: jax.Array, h: int, w: int) -> jax.Array:
+    """Σ over the (kh, kw) taps of (B, T, h + kh − 1, w + kw − 1, C) frames, shifted, × per-channel weights."""
+    kh, kw = kernel2d.shape[:2]
+    acc = None
+    for b in range(kh):
+        rows = frames[:, :, b : b + h]
+        for c in range(kw):
+            term = rows[:, :, :, c : c + w] * kernel2d[b, c]
+            acc = term if acc is None else acc + term
+    return acc
 
-    Written as a sum of shifted, per-channel-scaled copies because XLA:CPU lowers grouped convolutions
-    with feature_group_count=C to a generic loop that is 30–40× slower (measured: 23.5 s vs 0.75 s for one
-    (3,7,7) conv on 16×56×56×96). The same arithmetic, so outputs match a grouped conv to float rounding.
+
+def _depthwise_same(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """The forward sum: x (B, T, H, W, C), kernel (k, kh, kw, C), bias (C,), all of one dtype.
+
+    The taps are summed inside `lax.scan` bodies, for two measured reasons (2 cores, CPU time):
+    * XLA fuses a fully unrolled sum into one loop whose generated code falls off a cliff past ~100 taps
+      (147 taps on 16×56×56×96: 0.84 s; three 49-tap scan steps, one per temporal tap: 0.12 s).
+    * Outside a loop body, XLA:CPU's YNNPACK rewriter pulls the multiply-adds into the fusion of the
+      following LayerNorm + Linear and materialises every shifted slice and every broadcast weight as a
+      full-size array (49-tap conv: 25 ms alone, 0.25 s in the block). With k == 1 the scan instead runs
+      over two halves of the B·T frames, which are independent.
     """
     k, kh, kw = kernel.shape[:3]
-    _, t, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    kernel = kernel[:, :, :, 0, :].astype(x.dtype)
-    acc = None
+    n, t, h, w, c = x.shape
+    pad_hw = ((kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+    if k == 1:
+        chunks = 2 if (n * t) % 2 == 0 else 1
+
+        def chunk(_: None, frames: jax.Array) -> tuple[None, jax.Array]:
+            frames = jnp.pad(frames, ((0, 0), (0, 0), *pad_hw))
+            return None, _spatial_taps(frames, kernel[0], h, w) + bias
+
+        _, out = jax.lax.scan(chunk, None, x.reshape(chunks, n * t // chunks, 1, h, w, c))
+        return out.reshape(n, t, h, w, c)
+
+    xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), *pad_hw))
+
+    def step(acc: jax.Array, tap: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        a, kernel2d = tap
+        return acc + _spatial_taps(jax.lax.dynamic_slice_in_dim(xp, a, t, axis=1), kernel2d, h, w), None
+
+    acc, _ = jax.lax.scan(step, jnp.broadcast_to(bias, x.shape), (jnp.arange(k), kernel))
+    return acc
+
+
+def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, int, int]) -> jax.Array:
+    """∂/∂kernel of the 'same' depthwise conv: (k, kh, kw, C) = Σ_p x_padded[p + tap] · g[p] per channel.
+
+    XLA:CPU has no fast path for these 147 per-channel reductions (written as reduces: 2.4 s on 16×56×56×96;
+    as the grouped conv's own gradient: 7.5 s), so they run as matrix products, which it does well. Per
+    (T, H) offset, W is cut into blocks of `_W_BLOCK` outputs; within a block every W tap is a diagonal of a
+    small (block + kw − 1) × block product contracted over batch·T·H, so the products do
+    (block + kw − 1)/kw ≈ 2× the minimal arithmetic.
+    """
+    k, kh, kw = kernel_shape
+    n, t, h, w, c = x.shape
+    s = _W_BLOCK
+    nb = -(-w // s)
+    hp, u = h + kh - 1, s + kw - 1
+    # g as (C, blocks, s, B, T·Hp), zero rows where h ≥ H so that a (T, H) offset is one shift of T·Hp.
+    gb = jnp.pad(g, ((0, 0), (0, 0), (0, hp - h), (0, nb * s - w), (0, 0)))
+    gb = gb.reshape(n, t, hp, nb, s, c).transpose(5, 3, 4, 0, 1, 2).reshape(c, nb, s, n, t * hp)
+    xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (kh // 2, kh // 2), (kw // 2, kw // 2 + nb * s - w), (0, 0)))
+    xt = xp.transpose(4, 3, 0, 1, 2).reshape(c, nb * s + kw - 1, n, (t + k - 1) * hp)
+    xt = jnp.pad(xt, ((0, 0), (0, 0), (0, 0), (0, kh - 1)))
+    xb = jnp.stack([xt[:, j * s : j * s + u] for j in range(nb)], axis=1)  # (C, blocks, u, B, (T+k−1)·Hp + kh−1)
+    diag_u = np.arange(s)[None, :] + np.arange(kw)[:, None]  # (kw, s): row v + tap of output column v
+    diag_v = np.broadcast_to(np.arange(s)[None, :], (kw, s))
+    rows = []
     for a in range(k):
         for b in range(kh):
-            rows = xp[:, a : a + t, b : b + h]
-            for c in range(kw):
-                term = rows[:, :, :, c : c + w] * kernel[a, b, c]
-                acc = term if acc is None else acc + term
-    return acc + bias.astype(x.dtype)
+            off = a * hp + b
+            m = jnp.einsum("cjunq,cjvnq->cjuv", xb[..., off : off + t * hp], gb, preferred_element_type=jnp.float32)
+            rows.append(m[:, :, diag_u, diag_v].sum(axis=(1, 3)))  # (C, kw)
+    return jnp.stack(rows).reshape(k, kh, c, kw).transpose(0, 1, 3, 2)
+
+
+_W_BLOCK = 8
+
+
+@jax.custom_vjp
+def depthwise_conv3d(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """'Same' depthwise 3-D convolution, (B, T, H, W, C) with a (k, kh, kw, 1, C) kernel of odd sizes.
+
+    Written as a sum of shifted, per-channel-scaled copies because XLA:CPU lowers grouped convolutions
+    with feature_group_count=C to a generic loop that is 30–40× slower (23.5 s vs 0.75 s for one (3,7,7)
+    conv on 16×56×56×96). Same arithmetic, so outputs agree with a grouped conv to float rounding.
+    The gradient is written by hand (JAX's own transpose of the shifted slices is a sum of 147 pads that
+    took 2–3 s per conv): ∂x is the same convolution of the cotangent with the flipped kernel, ∂kernel
+    comes from `_depthwise_kernel_grad`.
+    """
+    return _depthwise_fwd(x, kernel, bias)[0]
+
+
+def _depthwise_fwd(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
+    if any(s % 2 == 0 for s in kernel.shape[:3]):
+        raise ValueError(f"depthwise_conv3d needs odd kernel sizes for 'same' padding, got {kernel.shape[:3]}")
+    out = _depthwise_same(x, kernel[:, :, :, 0, :].astype(x.dtype), bias.astype(x.dtype))
+    return out, (x, kernel, bias)
+
+
+def _depthwise_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, kernel, bias = res
+    taps = kernel[:, :, :, 0, :].astype(g.dtype)
+    dx = _depthwise_same(g, taps[::-1, ::-1, ::-1], jnp.zeros((), g.dtype))
+    dk = _depthwise_kernel_grad(x, g, kernel.shape[:3])[:, :, :, None, :]
+    db = g.astype(jnp.float32).sum(axis=(0, 1, 2, 3))
+    return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
+
+
+depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class DepthwiseConv3D(nnx.Module):

@@ -122,9 +122,7 @@ def fragment_ids(padded: Triple, window: Triple, shift: Triple) -> np.ndarray:
     """
     grid = (window[1], window[2])
     coords = np.stack(
-        np.meshgrid(
-            *[_torch_nearest_index(o, g) for o, g in zip(padded[1:], grid, strict=True)], indexing="ij"
-        ),
+        np.meshgrid(*[_torch_nearest_index(o, g) for o, g in zip(padded[1:], grid, strict=True)], indexing="ij"),
         axis=-1,
     )  # (Hp, Wp, 2)
     coords = np.broadcast_to(coords, (padded[0], *coords.shape))
@@ -163,9 +161,7 @@ def _pad_to(size: int, multiple: int) -> int:
 class WindowAttention3D(nnx.Module):
     """Multi-head self-attention inside 3-D windows with (gated) relative position biases."""
 
-    def __init__(
-        self, dim: int, window: Triple, num_heads: int, frag_bias: bool, dtype: Dtype, rngs: nnx.Rngs
-    ):
+    def __init__(self, dim: int, window: Triple, num_heads: int, frag_bias: bool, dtype: Dtype, rngs: nnx.Rngs):
         self.window = window
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
@@ -173,37 +169,85 @@ class WindowAttention3D(nnx.Module):
         rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         init = nnx.initializers.truncated_normal(0.02)
         self.relative_position_bias_table = nnx.Param(init(rngs.params(), (rows, num_heads), jnp.float32))
-        self.fragment_position_bias_table = (
-            nnx.Param(jnp.zeros((rows, num_heads), jnp.float32)) if frag_bias else None
-        )
+        self.fragment_position_bias_table = nnx.Param(jnp.zeros((rows, num_heads), jnp.float32)) if frag_bias else None
         self.qkv = dense(dim, 3 * dim, dtype, rngs)
         self.proj = dense(dim, dim, dtype, rngs)
 
-    def bias(self, used: Triple, six_d: bool, frag_ids: np.ndarray) -> jax.Array:
-        """Per-window bias (nW or 1, heads, N, N) in float32."""
-        rpi = sliced_position_index(self.window, used, six_d)
-        n = rpi.shape[0]
-        rpb = self.relative_position_bias_table[...][rpi.reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
-        if self.fragment_position_bias_table is None:
-            return rpb[None]
-        fpb = self.fragment_position_bias_table[...][rpi.reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
-        ids = jnp.asarray(frag_ids)
-        g = jnp.abs(ids[:, None, :, :] - ids[:, :, None, :]).sum(-1).astype(jnp.float32)[:, None]
-        return rpb[None] * g + fpb[None] * (1.0 - g)
+    def position_bias(self, table: jax.Array, index: np.ndarray) -> jax.Array:
+        """A (rows, heads) table gathered by an (N, N) index: (heads, N, N) float32.
 
-    def __call__(self, x: jax.Array, bias: jax.Array, regions: np.ndarray | None) -> jax.Array:
-        """x: (B, nW, N, C) windows → (B, nW, N, C)."""
-        b, nw, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * self.scale, k, preferred_element_type=jnp.float32)
-        logits = logits + bias
-        if regions is not None:
-            r = jnp.asarray(regions)
-            logits = logits + jnp.where(r[:, None, :] != r[:, :, None], -100.0, 0.0)[:, None]
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
+        Gathered from the transposed table so that the result needs no transpose: fused into the bias pass,
+        a transpose of the gathered (N, N, heads) array made that pass 3× slower.
+        """
+        n = index.shape[0]
+        return table.T[:, index.reshape(-1)].reshape(-1, n, n)
+
+    def __call__(self, windows: jax.Array, index: np.ndarray, gates: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """windows: (nW, B, N, C) → (nW, B, N, C).
+
+        `index` is the (N, N) relative-position index; `gates` (nW, N, N) int8 holds the GRPB gate g of every
+        token pair (used only with a fragment table) and `mask` (nW, N, N) int8 is 1 across shift regions
+        (None: no shift). One `lax.scan` step per window: its (B, heads, N, N) logits stay in cache (1.8 MB
+        at stage 1), where the whole (nW, B, heads, N, N) tensor (236 MB at stage 1, T=32) made every pass of
+        the softmax a trip through memory. The softmax normalisation is applied to the (N, head_dim) output
+        instead of the (N, N) probabilities: the same quotient, one pass fewer.
+        """
+        _, b, n, c = windows.shape
+        heads, hd = self.num_heads, c // self.num_heads
+        rpb = self.position_bias(self.relative_position_bias_table[...], index)
+        fpb = None
+        if self.fragment_position_bias_table is not None:
+            fpb = self.position_bias(self.fragment_position_bias_table[...], index)
+        xs = {"qkv": self.qkv(windows)}
+        if fpb is not None:
+            xs["gates"] = gates
+        if mask is not None:
+            xs["mask"] = mask
+
+        def window(_: None, w: dict[str, jax.Array]) -> tuple[None, jax.Array]:
+            q, k, v = w["qkv"].reshape(b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+            logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k, preferred_element_type=jnp.float32)
+            logits = logits + _window_bias(rpb, fpb, w.get("gates"), w.get("mask"))
+            e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+            out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(self.dtype), v, preferred_element_type=jnp.float32)
+            out = (out / e.sum(axis=-1, keepdims=True)).astype(self.dtype)
+            return None, out.transpose(0, 2, 1, 3).reshape(b, n, c)
+
+        _, out = jax.lax.scan(window, None, xs)
         return self.proj(out)
+
+
+def _window_bias(rpb: jax.Array, fpb: jax.Array | None, gates: jax.Array | None, mask: jax.Array | None) -> jax.Array:
+    """Everything one window adds to its logits, (heads, N, N) float32: g·RPB + (1−g)·FPB (or RPB), −100 masked.
+
+    Gates and mask arrive precomputed as int8 (N, N) slices; forming them here from the per-window id rows
+    made this loop 3–4× slower (XLA:CPU re-evaluates the scan's dynamic slice for every element). The result
+    ends in a `select`, which keeps it out of XLA:CPU's YNNPACK softmax fusion, where the same broadcasts cost
+    1.5 ms more per stage-1 window. (Unmasked GRPB windows select `g == 0 ? FPB : gated`, equal either way.)
+    """
+    bias = rpb
+    if fpb is not None:
+        g = gates.astype(jnp.float32)
+        bias = rpb * g + fpb * (1.0 - g)
+        if mask is None:
+            bias = jnp.where(gates == 0, fpb, bias)
+    if mask is not None:
+        bias = jnp.where(mask != 0, bias - 100.0, bias)
+    return bias
+
+
+def window_gates(frag_ids: np.ndarray) -> jax.Array:
+    """GRPB gates, (nW, N, N) int8: the L1 distance of the two tokens' fragment ids (at most 12 here)."""
+    ids = jnp.asarray(frag_ids)
+    return (jnp.abs(ids[:, :, None, 0] - ids[:, None, :, 0]) + jnp.abs(ids[:, :, None, 1] - ids[:, None, :, 1])).astype(
+        jnp.int8
+    )
+
+
+def window_mask(regions: np.ndarray) -> jax.Array:
+    """Shift mask, (nW, N, N) int8: 1 where the two tokens lie in different shift regions."""
+    r = jnp.asarray(regions)
+    return (r[:, :, None] != r[:, None, :]).astype(jnp.int8)
 
 
 class SwinBlock3D(nnx.Module):
@@ -242,8 +286,9 @@ class SwinBlock3D(nnx.Module):
         if shifted:
             x = jnp.roll(x, shift=tuple(-s for s in shift), axis=(1, 2, 3))
         windows = window_partition(x, win)
-        bias = self.attn.bias(win, six_d, fragment_ids(padded, win, shift))
-        out = self.attn(windows, bias, regions if shifted else None)
+        index = sliced_position_index(self.attn.window, win, six_d)
+        gates = window_gates(fragment_ids(padded, win, shift))
+        out = self.attn(windows, index, gates, window_mask(regions) if shifted else None)
         x = window_reverse(out, win, padded)
         if shifted:
             x = jnp.roll(x, shift=shift, axis=(1, 2, 3))
@@ -266,21 +311,21 @@ class Mlp(nnx.Module):
 
 
 def window_partition(x: jax.Array, window: Triple) -> jax.Array:
-    """(B, D, H, W, C) → (B, num_windows, N, C)."""
+    """(B, D, H, W, C) → (num_windows, B, N, C), windows major so that attention can scan over them."""
     b, d, h, w, c = x.shape
     wd, wh, ww = window
     x = x.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c)
-    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(b, -1, wd * wh * ww, c)
+    x = x.transpose(1, 3, 5, 0, 2, 4, 6, 7)
+    return x.reshape(-1, b, wd * wh * ww, c)
 
 
 def window_reverse(x: jax.Array, window: Triple, padded: Triple) -> jax.Array:
-    """(B, num_windows, N, C) → (B, D, H, W, C); the inverse of `window_partition`."""
-    b, _, _, c = x.shape
+    """(num_windows, B, N, C) → (B, D, H, W, C); the inverse of `window_partition`."""
+    _, b, _, c = x.shape
     wd, wh, ww = window
     d, h, w = padded
-    x = x.reshape(b, d // wd, h // wh, w // ww, wd, wh, ww, c)
-    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    x = x.reshape(d // wd, h // wh, w // ww, b, wd, wh, ww, c)
+    x = x.transpose(3, 0, 4, 1, 5, 2, 6, 7)
     return x.reshape(b, d, h, w, c)
 
 

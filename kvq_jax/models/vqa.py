@@ -101,9 +101,7 @@ def clip_batch(views: Mapping[str, jax.Array]) -> tuple[dict[str, jax.Array], in
     return out, batch
 
 
-def video_scores(
-    model: VQAModel, views: Mapping[str, jax.Array], rngs: nnx.Rngs | None = None
-) -> dict[str, jax.Array]:
+def video_scores(model: VQAModel, views: Mapping[str, jax.Array], rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
     """Per-video branch scores (B,): the mean of each score map over clips, T', H' and W'."""
     flat, batch = clip_batch(views)
     maps = model(flat, rngs=rngs)

@@ -43,9 +43,7 @@ def _check_pair(p: Array, y: Array, name: str) -> tuple[Array, Array]:
     p = jnp.asarray(p)
     y = jnp.asarray(y)
     if p.shape != y.shape or p.ndim != 1:
-        raise ValueError(
-            f"{name}: predictions and labels must both have shape [B]; got {p.shape} and {y.shape}"
-        )
+        raise ValueError(f"{name}: predictions and labels must both have shape [B]; got {p.shape} and {y.shape}")
     return p.astype(jnp.float32), y.astype(jnp.float32)
 
 
@@ -188,15 +186,11 @@ def vqa_loss(
     """
     unknown = set(weights) - set(LOSS_WEIGHT_KEYS)
     if unknown:
-        raise ValueError(
-            f"vqa_loss: unknown loss weight keys {sorted(unknown)}; known: {list(LOSS_WEIGHT_KEYS)}"
-        )
+        raise ValueError(f"vqa_loss: unknown loss weight keys {sorted(unknown)}; known: {list(LOSS_WEIGHT_KEYS)}")
     opts = dict(arank_options or {})
     unknown = set(opts) - set(ARANK_OPTION_KEYS)
     if unknown:
-        raise ValueError(
-            f"vqa_loss: unknown arank_options keys {sorted(unknown)}; known: {list(ARANK_OPTION_KEYS)}"
-        )
+        raise ValueError(f"vqa_loss: unknown arank_options keys {sorted(unknown)}; known: {list(ARANK_OPTION_KEYS)}")
     if not preds:
         raise ValueError("vqa_loss: preds is empty; expected one [B] array per branch")
     w = {"plcc": 1.0, "rank": 0.3, "arank": 0.0}

@@ -129,9 +129,7 @@ def dover_schedule(base_lr: float, warmup_steps: int, total_steps: int) -> optax
     return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
-def cosine_schedule(
-    base_lr: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0
-) -> optax.Schedule:
+def cosine_schedule(base_lr: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0) -> optax.Schedule:
     """The standard form: linear warm-up 0 → ``base_lr`` over ``warmup_steps``, then a cosine that reaches
     ``end_lr`` at ``total_steps`` (``optax.warmup_cosine_decay_schedule``; ``total_steps`` includes warm-up).
     """
@@ -154,9 +152,7 @@ def make_schedule(cfg: Mapping[str, Any] | Any) -> optax.Schedule:
     if name == "constant":
         return optax.constant_schedule(c["lr"])
     if name not in SCHEDULES:
-        raise ValueError(
-            f"optimizer config: unknown schedule {name!r}; choose from {[*SCHEDULES, 'constant']}"
-        )
+        raise ValueError(f"optimizer config: unknown schedule {name!r}; choose from {[*SCHEDULES, 'constant']}")
     for k in ("warmup_steps", "total_steps"):
         if c[k] is None:
             raise ValueError(f"optimizer config: schedule {name!r} needs '{k}'")
@@ -265,9 +261,7 @@ def make_optimizer(cfg: Mapping[str, Any] | Any, params: PyTree) -> optax.Gradie
     if c["grad_clip_norm"]:
         if freeze:
             parts.append(
-                optax.masked(
-                    optax.set_to_zero(), lambda t: jax.tree.map(lambda lab: lab == FROZEN, labels(t))
-                )
+                optax.masked(optax.set_to_zero(), lambda t: jax.tree.map(lambda lab: lab == FROZEN, labels(t)))
             )
         parts.append(optax.clip_by_global_norm(float(c["grad_clip_norm"])))
     parts.append(optax.multi_transform(transforms, labels))
@@ -292,9 +286,7 @@ def carry_over_state(new_state: PyTree, old_state: PyTree) -> PyTree:
     def find(state: tuple, cls: type) -> Any:
         found = [s for s in state if isinstance(s, cls)]
         if len(found) != 1:
-            raise ValueError(
-                f"carry_over_state: expected one {cls.__name__} in the chain state, found {len(found)}"
-            )
+            raise ValueError(f"carry_over_state: expected one {cls.__name__} in the chain state, found {len(found)}")
         return found[0]
 
     old_part = find(old_state, optax.MultiTransformState)

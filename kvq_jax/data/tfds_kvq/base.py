@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tqdm import tqdm
 
 from kvq_jax.data import kvq_layout
@@ -128,7 +129,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
                 "skipped": skipped,
             }
         )
-        out = Path(self.data_dir)  # the temporary dir that TFDS renames into place once the build succeeds
+        out = epath.Path(self.data_dir)  # TFDS's temporary dir, renamed into place on success; may be gs://
         out.mkdir(parents=True, exist_ok=True)
         (out / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
         return {split: self._generate_examples(items) for split, items in kept.items()}
@@ -155,8 +156,8 @@ def _builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder
 
 def load_metadata(data_dir: str | os.PathLike, name: str = "kvq") -> dict[str, Any]:
     """The build report stored with a prepared dataset (pairs, skipped videos, label files, counts)."""
-    path = Path(_builder(name, data_dir).data_path) / "metadata.json"
-    if not path.is_file():
+    path = epath.Path(_builder(name, data_dir).data_path) / "metadata.json"
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no metadata; build the dataset with python -m kvq_jax.data.build")
     return json.loads(path.read_text())
 

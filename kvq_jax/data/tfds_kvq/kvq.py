@@ -1,8 +1,17 @@
 """TFDS builder ``kvq``: the NTIRE 2024 KVQ challenge data from a manual download, without TensorFlow.
 
 Build: ``python -m kvq_jax.data.build --dataset kvq --manual_dir /path/to/KVQ --data_dir data/tfds``.
-The expected folder is described in ``MANUAL_DOWNLOAD_INSTRUCTIONS`` below and in
-``kvq_jax.data.kvq_layout``; records and metadata in ``kvq_jax.data.tfds_kvq.base``.
+
+The manual dir is the challenge release (as the KVQ code and challenge entries use it)::
+
+    train/0001.mp4 ...   val/...   test/...      7 consecutive numbers per source: source = (n - 1) // 7
+    train_data.csv       "filename,score", filename relative to the folder ("train/0001.mp4")
+    val_data.csv | truth.csv | groundtruth_label/truth.csv
+    test_data.csv        (optional; no score column -> unlabelled split, MOS NaN)
+    rank-pair-val.xlsx   (optional) sheets source / nonsource: video1, video2, rank (1 = video1 better)
+
+Details (accepted variants, validation) in ``kvq_jax.data.kvq_layout``; the record format, probing of
+every video and the metadata (pairs, skipped videos) in ``kvq_jax.data.tfds_kvq.base``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""Main entry: `python -m kvq_jax.main --config configs/dover.py[:quick] --workdir DIR [--config.a.b=v]`.
+
+Modes (`--config.mode` or `--mode`): `train` (train + periodic evaluation, resumes from the workdir),
+`eval` (evaluate the workdir's latest checkpoint, or `init_weights`). Multi-host: set KVQ_JAX_DISTRIBUTED=1
+to call `jax.distributed.initialize()` (auto-detects Cloud TPU, SLURM, Open MPI); KVQ_JAX_COORDINATOR,
+KVQ_JAX_NUM_PROCESSES and KVQ_JAX_PROCESS_ID give an explicit cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kvq_jax.train import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go")
+_MODE = flags.DEFINE_enum("mode", None, ["train", "eval"], "overrides config.mode")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def maybe_initialize_distributed() -> None:
+    """`jax.distributed.initialize` when asked for; explicit coordinator variables win over auto-detection."""
+    if os.environ.get("KVQ_JAX_DISTRIBUTED", "0") in ("", "0"):
+        return
+    coordinator = os.environ.get("KVQ_JAX_COORDINATOR")
+    if coordinator:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(os.environ["KVQ_JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["KVQ_JAX_PROCESS_ID"]),
+        )
+    else:
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    maybe_initialize_distributed()
+    logging.info(
+        "process %d/%d, %d local / %d global devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].device_kind,
+    )
+    cfg = _CONFIG.value
+    mode = _MODE.value or cfg.mode
+    if mode == "train":
+        trainer.train_and_evaluate(cfg, _WORKDIR.value)
+    else:
+        trainer.evaluate_only(cfg, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

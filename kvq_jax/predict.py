@@ -1,0 +1,632 @@
+"""Score any videos with a VQA model: `kvq-jax score PATH...` (also `python -m kvq_jax.predict`).
+
+    kvq-jax score clip.mp4 --weights weights/dover                 # one video: scores on stdout
+    kvq-jax score videos/ --weights DOVER.pth --out scores.csv      # a folder, recursively
+    kvq-jax score data/kvq/test --weights weights/dover --relative-to data/kvq \\
+        --challenge-csv prediction.csv --heatmap maps/
+
+Per video it prints (or writes as CSV) the raw score of every branch — the mean of that branch's score map
+over clips, time and space, as the official code averages it — and ``fused``, the model's normalised
+[0, 1] quality (DOVER's fusion of the two branches, FAST-VQA's sigmoid rescale). CSV columns: ``filename``,
+one column per branch (``technical,aesthetic`` for DOVER, ``fragments`` for the FAST-VQA family),
+``fused``, ``error`` (empty when the video was scored). A video that cannot be decoded gets a row with an
+error and the run goes on; the exit status is 0 when at least one video was scored, 1 when none was, 2 for
+bad arguments or weights.
+
+Views are the model's test-time views, centred and deterministic by default; ``--seed S`` samples them at
+random instead, every video with its own ``np.random.default_rng(S)`` (so a video's score does not depend on
+the other videos in the run). The model is compiled once for a fixed batch (the last batch is padded)
+while a thread pool decodes the next videos. Compiled programs are kept in a persistent cache
+(``--compile-cache``) so later runs skip the compilation (about a minute for DOVER on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import math
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from kvq_jax.data.decode import VideoDecodeError
+from kvq_jax.data.views import ViewSpec, normalize, preset_views, sample_views
+from kvq_jax.models import MODELS, get_model, get_spec
+from kvq_jax.models.vqa import ModelSpec, VQAModel
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".3gp")
+CHALLENGE_CHOICES = ("fused", "mean")  # plus any branch name of the model
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+_DOVER = "https://github.com/QualityAssessment/DOVER/releases/download"
+_FAST = "https://github.com/TimothyHTimothy/FAST-VQA/releases/download/v2.0.0"
+OFFICIAL_WEIGHTS: dict[str, str] = {
+    "dover": f"{_DOVER}/v0.1.0/DOVER.pth",
+    "dover_mobile": f"{_DOVER}/v0.5.0/DOVER-Mobile.pth",
+    "fastvqa_b": f"{_FAST}/FAST_VQA_B_1_4.pth",
+    "fastervqa": f"{_FAST}/FAST_VQA_3D_1_1.pth",
+    "fastervqa_mt": f"{_FAST}/FAST_VQA_3D_1_1.pth",  # FasterVQA's weights, run with shorter clips
+    "fastervqa_ms": f"{_FAST}/FAST_VQA_3D_1_1.pth",  # ... and with a 5x5 fragment grid
+    "fastvqa_m": f"{_FAST}/FAST_VQA_M_1_4.pth",
+}
+
+
+def weights_help(model: str) -> str:
+    """The message shown when no weights were given: scores of an untrained model mean nothing."""
+    url = OFFICIAL_WEIGHTS.get(model, "")
+    file = url.rsplit("/", 1)[-1] or "CHECKPOINT.pth"
+    return (
+        f"error: scoring needs trained weights for {model!r}; pass --weights DIR_or_FILE.\n"
+        f"  Official checkpoint: {url}\n"
+        f"  Use it directly (--weights {file}, converted on every run) or convert it once:\n"
+        f"    python -m kvq_jax.convert --model {model} --src {file} --out weights/{model}\n"
+        f"    kvq-jax score VIDEO --weights weights/{model}\n"
+        "  (--random-weights scores with an untrained model, for demos and tests only.)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+    """One video to score: ``name`` is what the CSVs call it, ``path`` where it is read from."""
+
+    name: str
+    path: Path
+
+
+def find_videos(
+    inputs: Iterable[str | os.PathLike], *, relative_to: str | os.PathLike | None = None
+) -> list[VideoItem]:
+    """Videos named by ``inputs``: files as given, folders searched recursively for VIDEO_EXTENSIONS.
+
+    Names are the paths as written (a folder's files as ``folder/sub/file.mp4``, POSIX separators), or
+    relative to ``relative_to`` when given (e.g. the dataset root, so names read ``test/0001.mp4`` like the
+    challenge's). Hidden files and folders are skipped inside folders; a file reached twice is kept once. A
+    path that does not exist is kept, and fails (reported) when it is decoded.
+    """
+    root = _absolute(relative_to) if relative_to is not None else None
+    items: list[VideoItem] = []
+    seen: set[Path] = set()
+    for arg in map(Path, inputs):
+        if arg.is_dir():
+            found = sorted(
+                p
+                for p in arg.rglob("*")
+                if p.suffix.lower() in VIDEO_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(arg).parts)
+                and p.is_file()
+            )
+        else:
+            found = [arg]
+        for path in found:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            if root is None:
+                name = path.as_posix()
+            else:
+                try:
+                    name = _absolute(path).relative_to(root).as_posix()
+                except ValueError:
+                    raise ValueError(f"{path}: not inside --relative-to {relative_to}") from None
+            items.append(VideoItem(name, path))
+    return items
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """Absolute and lexically normalised (``..`` removed), symlinks kept: names follow what the user typed."""
+    return Path(os.path.normpath(Path(path).absolute()))
+
+
+def _parse_value(field: str, text: str) -> int | None:
+    if field == "t_frag" and text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{field}={text!r}: expected an integer") from None
+
+
+def resolve_views(
+    views: Mapping[str, ViewSpec], *, clips: int | None = None, overrides: Sequence[str] = ()
+) -> dict[str, ViewSpec]:
+    """The model's views with ``--clips`` and ``--view`` overrides applied.
+
+    ``clips`` sets ``num_clips`` of the fragment views (DOVER's technical, FAST-VQA's fragments); an
+    override is ``FIELD=VALUE`` (every branch) or ``BRANCH.FIELD=VALUE``, FIELD a ViewSpec field. All the
+    changes of a branch are applied at once, so e.g. ``clip_len=8`` and ``aesthetic.t_frag=8`` may be given
+    together although each alone would be inconsistent.
+    """
+    changes: dict[str, dict[str, int | None]] = {b: {} for b in views}
+    if clips is not None:
+        for branch, spec in views.items():
+            if spec.kind == "fragments":
+                changes[branch]["num_clips"] = clips
+    fields = {f.name for f in dataclasses.fields(ViewSpec)} - {"kind"}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        branch, dot, field = key.strip().rpartition(".")
+        if not sep or not field:
+            raise ValueError(f"--view {item!r}: expected FIELD=VALUE or BRANCH.FIELD=VALUE")
+        if field not in fields:
+            raise ValueError(f"--view {item!r}: unknown view field {field!r}; known: {sorted(fields)}")
+        if dot and branch not in views:
+            raise ValueError(f"--view {item!r}: no branch {branch!r}; the model has {sorted(views)}")
+        value = _parse_value(field, text.strip())
+        for b in [branch] if dot else list(views):
+            changes[b][field] = value
+    out = {}
+    for branch, spec in views.items():
+        try:
+            out[branch] = dataclasses.replace(spec, **changes[branch])
+        except ValueError as e:
+            raise ValueError(f"views of branch {branch!r}: {e}") from None
+    return out
+
+
+def view_shape(spec: ViewSpec) -> tuple[int, ...]:
+    """The uint8 array one video's view has: (clips, T, H, W, 3)."""
+    return (spec.num_clips, spec.frames_per_clip, *spec.out_hw, 3)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def score_maps(
+    graphdef: nnx.GraphDef, state: nnx.State, views: Mapping[str, jax.Array]
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """uint8 views (B, clips, T, H, W, 3) → (per-video branch scores (B,), score maps (B, clips, T', H', W')).
+
+    Pixel normalisation runs here, on the device, so only uint8 crosses the host link. A branch score is the
+    mean of its map over clips, T', H' and W' (what `video_scores` computes).
+    """
+    model = nnx.merge(graphdef, state)
+    flat = {k: normalize(v.astype(jnp.float32)).reshape(-1, *v.shape[2:]) for k, v in views.items()}
+    maps = {k: m.reshape(*views[k].shape[:2], *m.shape[1:]) for k, m in model(flat).items()}
+    scores = {k: m.reshape(m.shape[0], -1).mean(axis=1) for k, m in maps.items()}
+    return scores, maps
+
+
+class Scorer:
+    """A model's scoring function, jit-compiled once for a fixed batch; smaller batches are padded."""
+
+    def __init__(self, model: VQAModel, views: Mapping[str, ViewSpec], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        missing = set(model.spec.branches) - set(views)
+        if missing:
+            raise ValueError(f"no views for branches {sorted(missing)} of {model.spec.name}")
+        model.eval()
+        self.spec: ModelSpec = model.spec
+        self.views = {b: views[b] for b in model.spec.branches}
+        self.batch_size = batch_size
+        self.compile_seconds: float | None = None
+        graphdef, self._state = nnx.split(model)
+        self._fn = jax.jit(functools.partial(score_maps, graphdef))
+        self._compiled: Callable | None = None
+
+    def compile(self) -> float:
+        """Compile for (batch_size, *view) uint8 inputs (done by the first call otherwise); returns seconds."""
+        if self._compiled is None:
+            t = time.perf_counter()
+            args = {
+                b: jax.ShapeDtypeStruct((self.batch_size, *view_shape(v)), jnp.uint8) for b, v in self.views.items()
+            }
+            self._compiled = self._fn.lower(self._state, args).compile()
+            self.compile_seconds = time.perf_counter() - t
+        return self.compile_seconds
+
+    def __call__(self, views: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Branch scores (n,) and score maps (n, clips, T', H', W') of n <= batch_size videos."""
+        sizes = {len(v) for v in views.values()}
+        if len(sizes) != 1 or set(views) != set(self.views):
+            raise ValueError(f"expected views {sorted(self.views)} with one batch size, got {sorted(views)}")
+        (n,) = sizes
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"batch of {n} videos; this scorer takes 1 to {self.batch_size}")
+        padded = {}
+        for branch, v in views.items():
+            want = view_shape(self.views[branch])
+            if v.shape[1:] != want or v.dtype != np.uint8:
+                raise ValueError(f"view {branch!r}: expected uint8 (n, {want}), got {v.dtype} {v.shape}")
+            pad = self.batch_size - n
+            padded[branch] = np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
+        self.compile()
+        scores, maps = self._compiled(self._state, padded)
+        return (
+            {k: np.asarray(s)[:n] for k, s in scores.items()},
+            {k: np.asarray(m)[:n] for k, m in maps.items()},
+        )
+
+
+def normalised_score(spec: ModelSpec, branch_scores: Mapping[str, float]) -> float:
+    """``spec.normalize`` of the branch means, 0.0 where its sigmoid underflows.
+
+    The registered normalisations evaluate ``math.exp(-x)``, which raises OverflowError for x < -709, where
+    the sigmoid is below 1e-308: that limit is 0.
+    """
+    try:
+        return float(spec.normalize(branch_scores))
+    except OverflowError:
+        return 0.0
+
+
+@dataclasses.dataclass
+class VideoScore:
+    """The outcome for one video: raw branch scores and the normalised ``fused`` score, or an error."""
+
+    name: str
+    path: Path
+    branches: dict[str, float] = dataclasses.field(default_factory=dict)
+    fused: float | None = None
+    error: str | None = None
+    heatmap: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def load_views(item: VideoItem, views: Mapping[str, ViewSpec], seed: int | None) -> dict[str, np.ndarray]:
+    """Decode one video's views; seeded views use a fresh ``default_rng(seed)`` per video."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    return sample_views(item.path, views, rng, name=item.name)
+
+
+def _error_text(err: BaseException) -> str:
+    """One line; the exception type is kept unless it is the decoder's own (whose message says it all)."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, VideoDecodeError) else f"{type(err).__name__}: {text}".rstrip(": ")
+
+
+def score_videos(
+    scorer: Scorer,
+    videos: Sequence[VideoItem],
+    *,
+    seed: int | None = None,
+    workers: int = 2,
+    heatmap_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> list[VideoScore]:
+    """Score ``videos`` in input order; decoding runs in a thread pool ahead of the accelerator.
+
+    A video whose decoding fails becomes a :class:`VideoScore` with ``error`` set (also passed to
+    ``report``); the others are scored in batches of ``scorer.batch_size``. With ``heatmap_dir`` a PNG of
+    the fragment branch's quality map is written per video (see :mod:`kvq_jax.heatmap`).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    map_branch = None
+    if heatmap_dir is not None:
+        from kvq_jax import heatmap  # matplotlib is imported only when maps are asked for
+
+        map_branch = heatmap.heatmap_branch(scorer.views)
+        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
+    results: list[VideoScore | None] = [None] * len(videos)
+    pending: list[tuple[int, dict[str, np.ndarray]]] = []
+    prefetch = 2 * scorer.batch_size + workers
+
+    def fail(i: int, message: str, bar: tqdm) -> None:
+        results[i] = VideoScore(videos[i].name, videos[i].path, error=message)
+        if report is not None:
+            report(f"error: {message}")
+        bar.update(1)
+
+    def flush(bar: tqdm) -> None:
+        batch = {b: np.stack([v[b] for _, v in pending]) for b in scorer.views}
+        scores, maps = scorer(batch)
+        for j, (i, views) in enumerate(pending):
+            item = videos[i]
+            branches = {b: float(scores[b][j]) for b in scorer.spec.branches}  # model order, not sorted
+            if not all(math.isfinite(s) for s in branches.values()):
+                fail(i, f"{item.name}: non-finite score {branches}", bar)
+                continue
+            result = VideoScore(item.name, item.path, branches, normalised_score(scorer.spec, branches))
+            if map_branch is not None:
+                out = heatmap.heatmap_path(heatmap_dir, item.name)
+                result.heatmap = heatmap.render_heatmap(
+                    views[map_branch], maps[map_branch][j], out, title=heatmap_title(result)
+                )
+            results[i] = result
+            bar.update(1)
+        pending.clear()
+
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="kvq-decode") as pool,
+        tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True) as bar,
+    ):
+        queue: deque[tuple[int, Future]] = deque()
+        upcoming = iter(range(len(videos)))
+        for i in upcoming:
+            queue.append((i, pool.submit(load_views, videos[i], scorer.views, seed)))
+            if len(queue) >= prefetch:
+                break
+        while queue:
+            i, future = queue.popleft()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(load_views, videos[nxt], scorer.views, seed)))
+            try:
+                views = future.result()
+            except Exception as err:  # decode errors, too-small videos, ...: report the video and go on
+                message = _error_text(err)
+                fail(i, message if videos[i].name in message else f"{videos[i].name}: {message}", bar)
+                continue
+            pending.append((i, views))
+            if len(pending) == scorer.batch_size:
+                flush(bar)
+        if pending:
+            flush(bar)
+    return [r for r in results if r is not None]
+
+
+def heatmap_title(result: VideoScore) -> str:
+    branches = " · ".join(f"{b} {s:+.4f}" for b, s in result.branches.items())
+    return f"{result.name}\nquality {result.fused:.3f}  ({branches} raw)"
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def challenge_value(result: VideoScore, choice: str) -> float:
+    """The score written to the challenge CSV: ``fused``, ``mean`` of the raw branch scores, or one branch."""
+    if choice == "fused":
+        assert result.fused is not None
+        return result.fused
+    if choice == "mean":
+        return float(np.mean(list(result.branches.values())))
+    return result.branches[choice]
+
+
+def _format(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def write_scores_csv(results: Sequence[VideoScore], branches: Sequence[str], out: TextIO) -> None:
+    """``filename,<branch>...,fused,error``: one row per video, scores empty for a failed video."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["filename", *branches, "fused", "error"])
+    for r in results:
+        writer.writerow([r.name, *(_format(r.branches.get(b)) for b in branches), _format(r.fused), r.error or ""])
+
+
+def write_challenge_csv(results: Sequence[VideoScore], choice: str, out: TextIO) -> int:
+    """The challenge's ``filename,score`` for the scored videos; returns the number of rows."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["filename", "score"])
+    n = 0
+    for r in results:
+        if r.ok:
+            writer.writerow([r.name, repr(challenge_value(r, choice))])
+            n += 1
+    return n
+
+
+def format_single(result: VideoScore, spec: ModelSpec) -> str:
+    """Human-readable scores of one video."""
+    if not result.ok:
+        return f"{result.name}: {result.error}"
+    width = max(len(b) for b in (*result.branches, "fused"))
+    lines = [result.name]
+    lines += [f"  {b:<{width}}  {s:+.6f}  (raw branch score)" for b, s in result.branches.items()]
+    lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  (normalised quality in [0, 1])")
+    if result.heatmap is not None:
+        lines.append(f"  heat-map: {result.heatmap}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def default_compile_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("KVQ_JAX_COMPILE_CACHE") or os.path.join(base, "kvq_jax", "xla")
+
+
+def enable_compile_cache(path: str | os.PathLike | None) -> str | None:
+    """Keep compiled XLA programs in ``path`` across runs, unless a cache directory is already configured.
+
+    JAX settles the cache at the first compilation of the process, so this must run before any. Returns
+    the directory in use (None: disabled). ``path`` None or "none" disables it.
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    if path is None or str(path).lower() == "none":
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return str(path)
+
+
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options shared with `kvq_jax.export`: model, weights, dtype and views."""
+    ap.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="registered model (default: the model named in a converted --weights dir, else dover)",
+    )
+    ap.add_argument("--weights", metavar="DIR_or_FILE", help="converted weights dir or official checkpoint")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="score with an untrained model (meaningless scores; demos and tests only)",
+    )
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
+    ap.add_argument(
+        "--clips", type=int, metavar="K", help="clips of the fragment views (default: the model's test views)"
+    )
+    ap.add_argument(
+        "--view",
+        action="append",
+        default=[],
+        metavar="[BRANCH.]FIELD=VALUE",
+        help="advanced: change a view field, e.g. clip_len=16 or aesthetic.t_frag=16 (repeatable); "
+        "scores then differ from the official test-time views",
+    )
+    ap.add_argument(
+        "--compile-cache",
+        default=default_compile_cache(),
+        metavar="DIR",
+        help="persistent XLA compilation cache ('none' disables; default %(default)s, or $KVQ_JAX_COMPILE_CACHE)",
+    )
+
+
+def build_model(args: argparse.Namespace) -> tuple[str, VQAModel, dict[str, ViewSpec]]:
+    """(model name, model with weights, views) from parsed `add_model_arguments` options.
+
+    Raises ValueError / FileNotFoundError with a message for the user.
+    """
+    from kvq_jax.weights import load_model, read_meta
+
+    if args.weights is not None and args.random_weights:
+        raise ValueError("--weights and --random-weights exclude each other")
+    name = args.model
+    if name is None and args.weights is not None and Path(args.weights).is_dir():
+        name = read_meta(args.weights)["model"]
+    name = name or "dover"
+    get_spec(name)
+    if args.clips is not None and args.clips < 1:
+        raise ValueError(f"--clips must be >= 1, got {args.clips}")
+    views = resolve_views(preset_views(get_spec(name).views), clips=args.clips, overrides=args.view)
+    dtype = DTYPES[args.dtype]
+    model = get_model(name, dtype=dtype) if args.random_weights else load_model(name, args.weights, dtype=dtype)
+    return name, model, views
+
+
+def random_weights_warning(name: str) -> str:
+    bar = "!" * 78
+    return (
+        f"{bar}\nWARNING: --random-weights: {name} runs with UNTRAINED random weights; its scores say\n"
+        f"nothing about quality. Use --weights for real scores.\n{bar}"
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=prog or "kvq-jax score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="video files and/or folders (searched recursively)")
+    add_model_arguments(ap)
+    ap.add_argument(
+        "--seed", type=int, help="sample views at random with this seed (default: centred deterministic views)"
+    )
+    ap.add_argument("--batch-size", type=int, default=4, help="videos per compiled batch (default 4)")
+    ap.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default %(default)s)"
+    )
+    ap.add_argument("--out", metavar="CSV", help="write filename,<branches>,fused,error here")
+    ap.add_argument("--challenge-csv", metavar="CSV", help="also write the challenge's filename,score file")
+    ap.add_argument(
+        "--challenge-score",
+        default="fused",
+        metavar="fused|mean|BRANCH",
+        help="score in --challenge-csv: 'fused' = the normalised [0,1] score (default; its constants were "
+        "fitted to the released weights), 'mean' = mean of the raw branch scores (use for fine-tuned "
+        "weights), or one branch's raw score (e.g. technical)",
+    )
+    ap.add_argument("--heatmap", metavar="DIR", help="write a quality-map PNG per video into DIR")
+    ap.add_argument(
+        "--relative-to", metavar="DIR", help="name videos by their path relative to DIR (e.g. the dataset root)"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    ap = build_parser(prog)
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 1:
+        ap.error("--batch-size and --workers must be >= 1")
+    if args.weights is None and not args.random_weights:
+        print(weights_help(args.model or "dover"), file=sys.stderr)
+        return 2
+    try:
+        videos = find_videos(args.paths, relative_to=args.relative_to)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not videos:
+        print(f"error: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {args.paths}", file=sys.stderr)
+        return 2
+    cache = enable_compile_cache(args.compile_cache)
+    t0 = time.perf_counter()
+    try:
+        name, model, views = build_model(args)
+        spec = model.spec
+        choices = (*CHALLENGE_CHOICES, *spec.branches)
+        if args.challenge_score not in choices:
+            raise ValueError(f"--challenge-score {args.challenge_score!r}: choose one of {list(choices)}")
+    except (ValueError, KeyError, OSError) as e:  # bad weights, views or options: one line, no traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t0
+    if args.random_weights:
+        print(random_weights_warning(name), file=sys.stderr)
+    batch = min(args.batch_size, len(videos))
+    shapes = ", ".join(f"{b} {'x'.join(map(str, view_shape(v)[:4]))}" for b, v in views.items())
+    print(
+        f"{name} ({'random weights' if args.random_weights else args.weights}, {args.dtype}) on "
+        f"{jax.devices()[0].platform}: {len(videos)} video(s), batch {batch}, views {shapes}"
+        + (f", seed {args.seed}" if args.seed is not None else ", centred views")
+        + (f"; compile cache {cache}" if cache else ""),
+        file=sys.stderr,
+    )
+    scorer = Scorer(model, views, batch)
+    results = score_videos(
+        scorer,
+        videos,
+        seed=args.seed,
+        workers=args.workers,
+        heatmap_dir=args.heatmap,
+        progress=not args.no_progress,
+        report=lambda msg: tqdm.write(msg, file=sys.stderr),
+    )
+    elapsed = time.perf_counter() - t0
+    ok = [r for r in results if r.ok]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="", encoding="utf-8") as f:
+            write_scores_csv(results, spec.branches, f)
+    if len(videos) == 1:
+        print(format_single(results[0], spec))
+    elif not args.out:  # many videos and no file: the CSV goes to stdout (progress and notes are on stderr)
+        write_scores_csv(results, spec.branches, sys.stdout)
+    if args.challenge_csv and ok:
+        Path(args.challenge_csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.challenge_csv, "w", newline="", encoding="utf-8") as f:
+            write_challenge_csv(results, args.challenge_score, f)
+    failed = len(results) - len(ok)
+    print(
+        f"scored {len(ok)} of {len(results)} video(s)"
+        + (f", {failed} failed (see the error column)" if failed else "")
+        + f" in {elapsed:.1f} s (model load {load_s:.1f} s and compilation {scorer.compile_seconds or 0:.1f} s "
+        "included)"
+        + (f"; wrote {args.out}" if args.out else "")
+        + (f", {args.challenge_csv} ({args.challenge_score})" if args.challenge_csv and ok else "")
+        + (" -- RANDOM WEIGHTS" if args.random_weights else ""),
+        file=sys.stderr,
+    )
+    if args.challenge_csv and not ok:
+        print(f"error: no video was scored; {args.challenge_csv} not written", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m kvq_jax.predict"))

@@ -1,0 +1,90 @@
+"""Defaults shared by the configs in `configs/`: the DOVER/FAST-VQA transfer-learning recipe on KVQ."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from kvq_jax.models import get_spec
+
+
+def base_config(model: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = model
+    c.mode = "train"
+    c.seed = 42
+    c.dtype = "float32"  # compute dtype; params stay float32 ("bfloat16" for TPU/GPU speed)
+    c.init_weights = ml_collections.FieldReference(None, field_type=str)  # converted dir or official .pth
+    c.drop_path_rate = ml_collections.FieldReference(None, field_type=float)  # None: the model's (Swin 0.1)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "kvq"  # TFDS builder: kvq | kvq_synthetic
+    c.data.data_dir = "data/tfds"
+    c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # raw folder, built on demand
+    c.data.train_split = "train"
+    c.data.views = ml_collections.FieldReference(None, field_type=str)  # view preset; None: the model's
+    c.data.view_overrides = ml_collections.ConfigDict()  # {branch: {field: value}}
+    c.data.num_workers = 2  # grain decode/view worker processes per host
+    c.data.synthetic = ml_collections.ConfigDict(
+        {"sources": 16, "seed": 0, "size": (180, 320), "frames": 64}
+    )  # used when data.name == "kvq_synthetic"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 8  # global; a multiple of the device count
+    c.train.num_epochs = 15.0
+    c.train.num_steps = ml_collections.FieldReference(None, field_type=int)  # overrides num_epochs
+    c.train.log_every = 10
+    c.train.eval_every = 500
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.05
+    c.optim.schedule = "dover"  # linear warm-up, cosine over the whole run (LR ends near 0.5·peak·...)
+    c.optim.backbone_lr_mult = 0.1
+    c.optim.freeze = []  # regexes over param paths, e.g. [".*backbone.*"] for head-only transfer
+    c.optim.grad_clip_norm = 0.0
+    c.optim_warmup_fraction = 2.5 / 15.0  # DOVER: 2.5 warm-up epochs (used when optim.warmup_steps unset)
+    c.ema_decay = 0.999
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.weights = ml_collections.ConfigDict({"plcc": 1.0, "rank": 0.3, "arank": 0.0})
+    c.loss.arank_options = ml_collections.ConfigDict()
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.splits = ("val",)
+    c.eval.batch_size = 8
+    c.eval.num_clips = ml_collections.FieldReference(None, field_type=int)  # None: the views' own
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500
+    c.checkpoint.keep_latest = 1
+    c.checkpoint["async"] = True
+    return c
+
+
+def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few minutes on 2 CPU cores: the synthetic set, short low-resolution views, head-only training.
+
+    Head-only (DOVER's linear-probe protocol: backbones frozen) keeps a CPU step to a forward pass; with
+    `--config.init_weights` it is real head-only transfer, without it the heads learn on fresh backbones.
+    """
+    c.data.name = "kvq_synthetic"
+    c.optim.freeze = [".*_backbone/.*"]
+    c.optim.lr = 1e-2
+    c.data.num_workers = 2
+    c.data.synthetic.sources = 16
+    c.train.batch_size = 8
+    c.train.num_steps = 60
+    c.train.log_every = 5
+    c.train.eval_every = 60
+    c.checkpoint.every = 30
+    c.optim.warmup_steps = 6
+    c.eval.batch_size = 8
+    # 8-frame clips; 4×4 fragments (128 px) instead of 7×7; 128-px resized frames.
+    short = {
+        "technical": {"clip_len": 8, "fragments_h": 4, "fragments_w": 4, "aligned": 8, "num_clips": 1},
+        "fragments": {"clip_len": 8, "fragments_h": 4, "fragments_w": 4, "aligned": 8, "num_clips": 1},
+        "aesthetic": {"clip_len": 8, "t_frag": 8, "size_h": 128, "size_w": 128},
+    }
+    branches = dict(get_spec(c.model).backbones)
+    c.data.view_overrides = {b: v for b, v in short.items() if b in branches}
+    return c
