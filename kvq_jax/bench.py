@@ -208,6 +208,37 @@ def _release_free_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
+def machine_cpu_s() -> float | None:
+    """CPU seconds spent so far on the cores this process may use, by anyone (hypervisor steal included)."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        with open("/proc/stat") as f:
+            rows = [line.split() for line in f if line.startswith("cpu") and line.split()[0] in cpus]
+    except (OSError, AttributeError):
+        return None
+    total = 0
+    for row in rows:
+        ticks = [int(v) for v in row[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        total += sum(ticks) - idle - sum(ticks[8:10])  # guest time is already in user/nice
+    return total / os.sysconf("SC_CLK_TCK") if rows else None
+
+
+def own_cpu_s() -> float:
+    """CPU seconds used by this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+def foreign_share(machine_s: float, own_s: float, wall_s: float) -> float:
+    """Share of the available cores other processes used during a run of ``wall_s`` seconds (0 = quiet).
+
+    A run is only comparable with another when the machine gave it the same cores: on a shared host this
+    separates undisturbed runs from ones that competed for the CPU (clock-tick resolution, 10 ms).
+    """
+    return max(machine_s - own_s, 0.0) / (wall_s * available_cores())
+
+
 def measure_peak_memory(fn: Callable[[], Any], device: jax.Device | None) -> dict[str, Any]:
     """Run ``fn`` and report the peak memory it reached.
 
@@ -546,7 +577,8 @@ def torch_runners(
 
 
 def write_png(report: dict[str, Any], path: Path) -> None:
-    """Bar chart: median latency per implementation, p10–p90 error bars, speed-up vs JAX annotated."""
+    """Bar chart: median latency per implementation with p10–p90 error bars, over all timed rounds and (when
+    any) over the quiet rounds only; each PyTorch bar is annotated with its latency ratio to JAX."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -554,26 +586,51 @@ def write_png(report: dict[str, Any], path: Path) -> None:
 
     impls = report["results"]
     names = list(impls)
-    med = np.array([impls[n]["latency"]["median_s"] for n in names])
-    lo = med - np.array([impls[n]["latency"]["p10_s"] for n in names])
-    hi = np.array([impls[n]["latency"]["p90_s"] for n in names]) - med
-    colors = ["#1f77b4" if n == "jax" else "#d62728" if n == "torch_eager" else "#ff7f0e" for n in names]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.bar(names, med, yerr=[lo, hi], capsize=8, color=colors)
-    for i, n in enumerate(names):
-        label = f"{med[i]:.3g} s"
-        if n != "jax" and "jax" in impls:
-            label += f"\n{report['speedup'][n]:.2f}× JAX time\n(per round {report['speedup_paired'][n]['median']:.2f}×)"
-        ax.annotate(label, (i, med[i] + hi[i]), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
+    quiet = report["quiet"]
+    groups = [("all rounds", "latency", report["speedup_paired"])]
+    if quiet["rounds"]:
+        groups.append(
+            (f"quiet rounds (≤{quiet['threshold']:.0%} foreign CPU)", "latency_quiet", quiet["speedup_paired"])
+        )
+    colors = {"jax": "#1f77b4", "torch_eager": "#d62728", "torch_compile": "#ff7f0e"}
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
+    top = 0.0
+    for g, (label, key, paired) in enumerate(groups):
+        x = np.arange(len(names)) + (g - (len(groups) - 1) / 2) * width
+        med = np.array([impls[n][key]["median_s"] for n in names])
+        lo = med - np.array([impls[n][key]["p10_s"] for n in names])
+        hi = np.array([impls[n][key]["p90_s"] for n in names]) - med
+        ax.bar(
+            x,
+            med,
+            width * 0.95,
+            yerr=[lo, hi],
+            capsize=5,
+            color=[colors.get(n, "#7f7f7f") for n in names],
+            hatch="//" if g else None,
+            edgecolor="white" if g else None,
+            label=f"{label}, n={impls['jax'][key]['n']}",
+        )
+        for i, n in enumerate(names):
+            text = f"{med[i]:.3g} s"
+            if n != "jax":
+                text += f"\n{paired[n]['median']:.2f}× JAX"
+            ax.annotate(
+                text, (x[i], med[i] + hi[i]), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points"
+            )
+        top = max(top, float((med + hi).max()))
     c, h = report["config"], report["host"]
-    ax.set_ylabel(f"{c['mode']} latency per step (s), median, p10–p90")
-    ax.set_ylim(0, float((med + hi).max()) * 1.3)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel(f"{c['mode']} latency per step (s)\nmedian, p10–p90")
+    ax.set_ylim(0, top * 1.35)
+    ax.legend(loc="upper left", fontsize=8)
     load = ", ".join(f"{v:.2f}" for v in report["load_average"]["before"])
     ax.set_title(
         f"{c['model']} [{c['branch']}] {c['mode']}, batch {c['batch']}, T={c['frames']}, {c['dtype']}\n"
         f"{h['cpu_model'] if h['device_platform'] == 'cpu' else h['device_kind']} · "
-        f"{h['cores_available']} cores · load avg {load}",
-        fontsize=10,
+        f"{h['cores_available']} cores · load avg before {load} · ratio = per-round median",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path)
@@ -591,6 +648,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"peak mem {r['peak_memory']['peak_bytes'] / 2**30:.2f} GiB"
             + (f"  util {100 * util:.1f}%" if util is not None else "")
         )
+    quiet = report["quiet"]
+    lines.append(f"quiet rounds (other processes ≤ {quiet['threshold']:.0%} of the cores): {len(quiet['rounds'])}")
+    for name, r in report["results"].items():
+        if r["latency_quiet"]:
+            q = r["latency_quiet"]
+            lines.append(f"{name:14s} quiet median {q['median_s']:.4f}s  min {q['min_s']:.4f}  n {q['n']}")
+    for name, paired in quiet["speedup_paired"].items():
+        lines.append(f"{name} / jax per quiet round: median {paired['median']:.3f}")
     for name, ratio in report.get("speedup", {}).items():
         paired = report["speedup_paired"][name]
         lines.append(
@@ -628,6 +693,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train mode: keep the official Swin's activation recomputation on (its training default); "
         "off by default so both frameworks do the same arithmetic",
+    )
+    p.add_argument(
+        "--quiet",
+        type=float,
+        default=0.1,
+        help="a timed run is 'quiet' when other processes used at most this share of the cores meanwhile",
     )
     p.add_argument("--tol", type=float, help="max rel. error of the score maps vs torch (default by dtype)")
     args = p.parse_args(argv)
@@ -689,10 +760,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in reversed(runners):
         peaks[r.name] = measure_peak_memory(lambda r=r: [r.step() for _ in range(max(args.warmup, 1))], device)
     times: dict[str, list[float]] = {r.name: [] for r in runners}
+    foreign: dict[str, list[float | None]] = {r.name: [] for r in runners}
     for _ in tqdm(range(args.repeats), desc="timed runs", unit="round", file=sys.stderr):
         for r in runners:  # interleaved: one run of each implementation per round
+            busy0, own0 = machine_cpu_s(), own_cpu_s()
             _, dt = _timed(r.step)
+            busy1, own1 = machine_cpu_s(), own_cpu_s()
             times[r.name].append(dt)
+            foreign[r.name].append(foreign_share(busy1 - busy0, own1 - own0, dt) if busy0 is not None else None)
+    quiet_rounds = [
+        i for i in range(args.repeats) if all(f[i] is not None and f[i] <= args.quiet for f in foreign.values())
+    ]
     load_after = list(os.getloadavg())
 
     flops = jax_runner.info["xla_cost"]["flops"]
@@ -712,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "achieved_tflops": achieved,
             "utilisation": achieved / peak if achieved and peak else None,
             "utilisation_vs_matmul_ceiling": achieved / ceiling if achieved else None,
+            "foreign_cpu_share": foreign[r.name],
+            "latency_quiet": latency_stats([times[r.name][i] for i in quiet_rounds]) if quiet_rounds else None,
         }
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -741,6 +821,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             n: results[n]["latency"]["median_s"] / results["jax"]["latency"]["median_s"] for n in results if n != "jax"
         },
         "speedup_paired": {n: paired_ratios(times[n], times["jax"]) for n in results if n != "jax"},
+        "quiet": {
+            "threshold": args.quiet,
+            "rounds": quiet_rounds,
+            "speedup_paired": {
+                n: paired_ratios([times[n][i] for i in quiet_rounds], [times["jax"][i] for i in quiet_rounds])
+                for n in results
+                if n != "jax" and quiet_rounds
+            },
+        },
         "torch": torch_facts or None,
         "agreement": None,
     }

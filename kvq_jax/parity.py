@@ -130,15 +130,28 @@ def run_case(case_path: Path, dtype=jnp.float32) -> dict:
     }
 
 
+def case_paths(paths: list[Path]) -> list[Path]:
+    """Case files among `paths`: folders expand to their cases; weight manifests (`manifest_*.json`) are not cases."""
+    out = []
+    for path in paths:
+        found = sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        out += [f for f in found if not f.name.startswith("manifest_")]
+    if not out:
+        raise SystemExit(f"no parity cases in {', '.join(map(str, paths))}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kvq_jax.parity", description=__doc__.splitlines()[0])
-    p.add_argument("cases", nargs="+", type=Path, help="case .json files (the .npz and manifest sit beside)")
+    p.add_argument(
+        "cases", nargs="+", type=Path, help="case .json files or folders of them (the .npz and manifest sit beside)"
+    )
     p.add_argument("--tol", type=float, default=1e-4, help="max relative error allowed (default 1e-4)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     results, worst = [], 0.0
-    for path in args.cases:
+    for path in case_paths(args.cases):
         r = run_case(path, jnp.dtype(args.dtype))
         results.append(r)
         torch_s = r["seconds_torch_cpu"]

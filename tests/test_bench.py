@@ -40,6 +40,22 @@ def test_paired_ratios_hand_values():
     assert r == {"median": 2.0, "p10": 2.0, "p90": pytest.approx(2.8)}
 
 
+def test_foreign_share_hand_values(monkeypatch):
+    monkeypatch.setattr(bench, "available_cores", lambda: 2)
+    # 3 CPU-s used machine-wide, 1 of them by us, over 2 s on 2 cores: others took half the machine.
+    assert bench.foreign_share(3.0, 1.0, 2.0) == pytest.approx(0.5)
+    assert bench.foreign_share(0.98, 1.0, 1.0) == 0.0  # tick rounding never gives a negative share
+
+
+def test_machine_cpu_counts_our_own_work():
+    m0, o0 = bench.machine_cpu_s(), bench.own_cpu_s()
+    x = 0
+    while bench.own_cpu_s() - o0 < 0.3:  # burn 0.3 CPU-s
+        x += 1
+    m1, o1 = bench.machine_cpu_s(), bench.own_cpu_s()
+    assert m1 - m0 >= (o1 - o0) - 0.05  # the machine-wide count includes this process (10 ms ticks)
+
+
 def test_agreement_passes_within_and_fails_beyond_tolerance():
     ref = {"technical": np.array([[1.0, -2.0, 4.0]]), "aesthetic": np.array([[0.5, 0.25, -1.0]])}
     same = bench.agreement(ref, ref, tol=1e-6)
@@ -95,7 +111,7 @@ def _convnextv2_femto_macs_flops(frames: int, size: int = 224) -> int:
 def test_bench_writes_report_and_png(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     argv = ["--model", "dover_mobile", "--branch", "technical", "--frames", "4", "--batch", "2"]
-    argv += ["--repeats", "3", "--warmup", "1", "--out", str(out), "--png", str(png)]
+    argv += ["--repeats", "3", "--warmup", "1", "--quiet", "1.0", "--out", str(out), "--png", str(png)]
     assert bench.main(argv) == 0
     rep = json.loads(out.read_text())
     assert rep["schema"] == bench.SCHEMA
@@ -109,6 +125,8 @@ def test_bench_writes_report_and_png(tmp_path, capsys):
     assert lat["n"] == 3 and len(lat["runs_s"]) == 3
     assert 0 < lat["min_s"] <= lat["p10_s"] <= lat["median_s"] <= lat["p90_s"] <= lat["max_s"]
     assert r["videos_per_s"] == pytest.approx(2 / lat["median_s"])
+    assert len(r["foreign_cpu_share"]) == 3 and all(0 <= f <= 1.05 for f in r["foreign_cpu_share"])
+    assert rep["quiet"]["rounds"] == [0, 1, 2] and r["latency_quiet"]["runs_s"] == lat["runs_s"]  # --quiet 1.0
     assert r["compile_s"] > 0 and r["peak_memory"]["peak_bytes"] > 0
     # XLA counts the multiply-adds plus elementwise work (norms, GELU, GRN): at least the MAC count, and
     # not much more. A MAC-vs-FLOP mix-up (×0.5) or a wrong program (other branch, other T) falls outside.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -174,11 +175,8 @@ class WindowAttention3D(nnx.Module):
         self.proj = dense(dim, dim, dtype, rngs)
 
     def position_bias(self, table: jax.Array, index: np.ndarray) -> jax.Array:
-        """A (rows, heads) table gathered by an (N, N) index: (heads, N, N) float32.
-
-        Gathered from the transposed table so that the result needs no transpose: fused into the bias pass,
-        a transpose of the gathered (N, N, heads) array made that pass 3× slower.
-        """
+        """A (rows, heads) table gathered by an (N, N) index: (heads, N, N) float32 (from the transposed table,
+        so that the result needs no transpose)."""
         n = index.shape[0]
         return table.T[:, index.reshape(-1)].reshape(-1, n, n)
 
@@ -187,52 +185,81 @@ class WindowAttention3D(nnx.Module):
 
         `index` is the (N, N) relative-position index; `gates` (nW, N, N) int8 holds the GRPB gate g of every
         token pair (used only with a fragment table) and `mask` (nW, N, N) int8 is 1 across shift regions
-        (None: no shift). One `lax.scan` step per window: its (B, heads, N, N) logits stay in cache (1.8 MB
-        at stage 1), where the whole (nW, B, heads, N, N) tensor (236 MB at stage 1, T=32) made every pass of
-        the softmax a trip through memory. The softmax normalisation is applied to the (N, head_dim) output
-        instead of the (N, N) probabilities: the same quotient, one pass fewer.
+        (None: no shift). The windows go through a `lax.scan`, a few at a time (`_windows_per_step`), so that
+        a step's logits stay in cache: the whole (nW, B, heads, N, N) tensor (236 MB at stage 1, T=32) made
+        every pass of the softmax a trip through memory (stage-1 attention core: 1.0 s → 0.3 s per block).
+        The step is rematerialised in the backward pass rather than storing its softmax for every window.
+        The softmax normalisation is applied to the (N, head_dim) output instead of the (N, N) probabilities:
+        the same quotient, one pass fewer.
         """
-        _, b, n, c = windows.shape
+        nw, b, n, c = windows.shape
         heads, hd = self.num_heads, c // self.num_heads
+        step = _windows_per_step(nw, b * heads * n * n)
         rpb = self.position_bias(self.relative_position_bias_table[...], index)
         fpb = None
         if self.fragment_position_bias_table is not None:
             fpb = self.position_bias(self.fragment_position_bias_table[...], index)
-        xs = {"qkv": self.qkv(windows)}
+        xs = {"qkv": self.qkv(windows).reshape(nw // step, step * b, n, 3 * c)}
         if fpb is not None:
-            xs["gates"] = gates
+            xs["gates"] = gates.reshape(nw // step, step, n, n)
         if mask is not None:
-            xs["mask"] = mask
+            xs["mask"] = mask.reshape(nw // step, step, n, n)
 
-        def window(_: None, w: dict[str, jax.Array]) -> tuple[None, jax.Array]:
-            q, k, v = w["qkv"].reshape(b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+        def attend(_: None, w: dict[str, jax.Array]) -> tuple[None, jax.Array]:
+            q, k, v = w["qkv"].reshape(step * b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
             logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k, preferred_element_type=jnp.float32)
-            logits = logits + _window_bias(rpb, fpb, w.get("gates"), w.get("mask"))
-            e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+            bias = _window_bias(rpb, fpb, w.get("gates"), w.get("mask"))  # (heads | step, heads, N, N)
+            logits = (logits.reshape(step, b, heads, n, n) + bias.reshape(-1, 1, heads, n, n)).reshape(logits.shape)
+            e = jnp.exp(logits - jax.lax.stop_gradient(_row_reduce(jnp.max, logits)))
             out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(self.dtype), v, preferred_element_type=jnp.float32)
-            out = (out / e.sum(axis=-1, keepdims=True)).astype(self.dtype)
-            return None, out.transpose(0, 2, 1, 3).reshape(b, n, c)
+            out = (out / _row_reduce(jnp.sum, e)).astype(self.dtype)
+            return None, out.transpose(0, 2, 1, 3).reshape(step * b, n, c)
 
-        _, out = jax.lax.scan(window, None, xs)
-        return self.proj(out)
+        _, out = jax.lax.scan(jax.checkpoint(attend), None, xs)
+        return self.proj(out.reshape(nw, b, n, c))
+
+
+_STEP_ELEMENTS = 1 << 19  # logits per scan step: 2 MB in float32, about the L2 cache of one core here
+
+
+def _windows_per_step(num_windows: int, logits_per_window: int) -> int:
+    """The most windows per attention step (a divisor of `num_windows`) whose logits fit `_STEP_ELEMENTS`.
+
+    DOVER's 8×7×7 windows fill a step each; FAST-VQA-M's 2×2×2 windows (1024 of them at stage 1) go
+    hundreds at a time, where one per step spent its time on loop overhead.
+    """
+    fits = [d for d in range(1, num_windows + 1) if num_windows % d == 0 and d * logits_per_window <= _STEP_ELEMENTS]
+    return max(fits, default=1)
+
+
+def _row_reduce(reduce: Callable, x: jax.Array) -> jax.Array:
+    """`reduce` over the last axis (kept, size 1) in two stages of at most 32 when the length allows.
+
+    XLA:CPU otherwise rewrites a 392-long row reduction into a slow reduce-window (0.6 ms per stage-1
+    window for the max alone, when YNNPACK is disabled); two short reductions are plain loop fusions.
+    """
+    n = x.shape[-1]
+    inner = next((k for k in range(32, 7, -1) if n % k == 0), n)
+    return reduce(reduce(x.reshape(*x.shape[:-1], n // inner, inner), axis=-1), axis=-1, keepdims=True)
 
 
 def _window_bias(rpb: jax.Array, fpb: jax.Array | None, gates: jax.Array | None, mask: jax.Array | None) -> jax.Array:
-    """Everything one window adds to its logits, (heads, N, N) float32: g·RPB + (1−g)·FPB (or RPB), −100 masked.
+    """Everything a step's windows add to their logits, float32: g·RPB + (1−g)·FPB (or RPB), −100 if masked.
 
-    Gates and mask arrive precomputed as int8 (N, N) slices; forming them here from the per-window id rows
-    made this loop 3–4× slower (XLA:CPU re-evaluates the scan's dynamic slice for every element). The result
-    ends in a `select`, which keeps it out of XLA:CPU's YNNPACK softmax fusion, where the same broadcasts cost
-    1.5 ms more per stage-1 window. (Unmasked GRPB windows select `g == 0 ? FPB : gated`, equal either way.)
+    rpb, fpb: (heads, N, N); gates, mask: (windows, N, N) int8 → (windows, heads, N, N), or RPB alone.
+    Gates and mask arrive precomputed as int8; forming them here from per-window id rows made the loop 3–4×
+    slower (XLA:CPU re-evaluates the scan's dynamic slice for every element). The result ends in a `select`,
+    which keeps it out of XLA:CPU's YNNPACK softmax fusion, where the same broadcasts cost 1.5 ms more per
+    stage-1 window. (Unmasked GRPB windows select `g == 0 ? FPB : gated`, the same value either way.)
     """
     bias = rpb
     if fpb is not None:
-        g = gates.astype(jnp.float32)
+        g = gates[:, None].astype(jnp.float32)
         bias = rpb * g + fpb * (1.0 - g)
         if mask is None:
-            bias = jnp.where(gates == 0, fpb, bias)
+            bias = jnp.where(gates[:, None] == 0, fpb, bias)
     if mask is not None:
-        bias = jnp.where(mask != 0, bias - 100.0, bias)
+        bias = jnp.where(mask[:, None] != 0, bias - 100.0, bias)
     return bias
 
 
