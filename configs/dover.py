@@ -14,7 +14,7 @@ from kvq_jax.train.defaults import base_config, quick
 def get_config(arg: str | None = None):
     c = base_config("dover")
     if arg == "head":
-        c.optim.freeze = [".*_backbone/.*"]
+        c.optim.freeze = (".*_backbone/.*",)
         c.train.num_epochs = 10.0
     elif arg == "quick":
         quick(c)

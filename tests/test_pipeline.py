@@ -79,6 +79,21 @@ def test_process_shards_are_disjoint_and_cover_the_split(tiny_tfds: Path) -> Non
     assert shards[0] | shards[1] == {src[i]["name"] for i in range(len(src))}
 
 
+def test_global_batches_do_not_depend_on_the_process_count(tiny_tfds: Path) -> None:
+    """Global batch k is the same rows, in the same order, with the same random views, whether 1 process
+    reads it or 2 (each its half, process 0 first); `start_batch` skips exactly that many global batches."""
+    src = pipeline.load_split(tiny_tfds, "kvq_synthetic", "train")
+    one = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=3, shard_index=0, shard_count=1), 5)
+    halves = [
+        _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=3, shard_index=i, shard_count=2), 5)
+        for i in range(2)
+    ]
+    two = [{k: np.concatenate([h0[k], h1[k]]) for k in h0} for h0, h1 in zip(*halves, strict=True)]
+    assert not _diff(one, two)
+    later = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=3, start_batch=3), 2)
+    assert not _diff(one[3:], later)
+
+
 def test_iterator_state_restores_through_orbax(tiny_tfds: Path, tmp_path: Path) -> None:
     src = pipeline.load_split(tiny_tfds, "kvq_synthetic", "train")
     it = pipeline.train_iterator(src, SPEC, global_batch_size=2, seed=3)

@@ -1,8 +1,10 @@
 """A tiny DOVER-shaped model and config for trainer tests (same classes as DOVER, a fraction of the size).
 
 Run as a script in a fresh process (so XLA_FLAGS can fake several CPU devices):
-  python tests/tiny.py step N OUT.npz     → N train steps on a fixed global batch; saves losses and params
+  python tests/tiny.py step N OUT.npz [FSDP] → N train steps on a fixed global batch (params split FSDP ways);
+                                             saves losses and params
   python tests/tiny.py train CONFIG_JSON WORKDIR → trainer.train_and_evaluate with that config
+  python tests/tiny.py dump WORKDIR STEP OUT.npz → the params of the checkpoint at STEP
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import sys
 
 import numpy as np
+from flax import nnx
 
 from kvq_jax.models import MODELS
 from kvq_jax.models.convnext3d import ConvNeXtConfig
@@ -80,13 +83,16 @@ def run_steps(n_steps: int, cfg=None) -> dict:
     from kvq_jax.train import optim, trainer
 
     cfg = cfg or config("/unused")
-    mesh = trainer.make_mesh()
+    mesh = trainer.make_mesh(cfg)
     with jax.set_mesh(mesh):
         train_graph, _, params = trainer.build_model(cfg)
         tx = optim.make_optimizer(trainer.optimizer_config(cfg, 100), params)
-        replicated = NamedSharding(mesh, P())
-        state = jax.device_put(trainer.init_state(cfg, params, tx), replicated)
-        step = jax.jit(trainer.make_train_step(cfg, train_graph, tx, params), donate_argnums=0)
+        state, shardings = trainer.place_state(cfg, mesh, params, tx)
+        step = jax.jit(
+            trainer.make_train_step(cfg, train_graph, tx, params),
+            out_shardings=(shardings, NamedSharding(mesh, P())),
+            donate_argnums=0,
+        )
         batch = pipeline.to_global(fixed_batch(), mesh)
         loss, grad_norm = [], []
         for _ in range(n_steps):
@@ -94,7 +100,26 @@ def run_steps(n_steps: int, cfg=None) -> dict:
             loss.append(float(aux["loss"]))
             grad_norm.append(float(aux["grad_norm"]))
         leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
-    return {"devices": jax.device_count(), "loss": loss, "grad_norm": grad_norm, "params": leaves}
+        split = sum(not s.is_fully_replicated for s in jax.tree.leaves(shardings))
+    return {"devices": jax.device_count(), "loss": loss, "grad_norm": grad_norm, "params": leaves, "split": split}
+
+
+def checkpoint_params(workdir: str, step: int) -> list[np.ndarray]:
+    """The params saved at `step` in a trainer workdir, restored on this process's first device."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from kvq_jax.models import abstract_model
+
+    params = nnx.state(abstract_model("tiny_dover"), nnx.Param)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), params)}
+    mngr = ocp.CheckpointManager(f"{workdir}/checkpoints", item_names=("state", "data_iter"))
+    restore = ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    restored = mngr.restore(step, args=ocp.args.Composite(state=restore))
+    return [np.asarray(x) for x in jax.tree.leaves(restored["state"]["params"])]
 
 
 if __name__ == "__main__":
@@ -102,10 +127,16 @@ if __name__ == "__main__":
 
     flags.FLAGS.mark_as_parsed()
     if sys.argv[1] == "step":
-        r = run_steps(int(sys.argv[2]))
-        np.savez(sys.argv[3], *r["params"], devices=r["devices"], loss=r["loss"], grad_norm=r["grad_norm"])
+        fsdp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+        r = run_steps(int(sys.argv[2]), config("/unused", **{"sharding.fsdp": fsdp, "sharding.min_size": 0}))
+        extra = {k: r[k] for k in ("devices", "loss", "grad_norm", "split")}
+        np.savez(sys.argv[3], *r["params"], **extra)
     elif sys.argv[1] == "train":
+        from kvq_jax.main import maybe_initialize_distributed
         from kvq_jax.train import trainer
 
+        maybe_initialize_distributed()  # KVQ_JAX_* variables: the multi-process test runs this like main does
         overrides = json.loads(sys.argv[2])
         trainer.train_and_evaluate(config(overrides.pop("data.data_dir"), **overrides), sys.argv[3])
+    elif sys.argv[1] == "dump":
+        np.savez(sys.argv[4], *checkpoint_params(sys.argv[2], int(sys.argv[3])))

@@ -2,8 +2,13 @@
 
 Train (:func:`train_iterator`)::
 
-    source -> seed/shuffle -> repeat -> [shard_index::shard_count] -> random_map(decode + views)
-           -> to_iter_dataset -> mp_prefetch(num_workers) -> batch(local, drop_remainder)
+    source -> seed/shuffle -> repeat -> random_map(decode + views) -> this process's blocks of the stream
+           -> [start:] -> to_iter_dataset -> mp_prefetch(num_workers) -> batch(local, drop_remainder)
+
+The global stream is cut into blocks of ``local = global_batch_size // shard_count`` elements and process
+``p`` takes blocks ``p, p + count, …``: global batch ``k`` is elements ``[k·G, (k+1)·G)`` in order, and each
+element's random views are drawn with its *global* index, so 1 process or many see the same batches (a run
+can resume on another number of hosts; see ``start_batch``).
 
 Eval (:func:`eval_iterator`): every record exactly once, in order, per process a *contiguous* slice padded
 so that every process yields the same number of batches (a collective step must not hang); padding rows
@@ -26,7 +31,7 @@ out videos it could not probe, see ``skipped.json``): in *train* the record is s
 in *eval* it is never dropped: its row keeps its ``name``, gets zero views, ``valid=False`` and the reason in
 ``error``, and a warning is logged — the evaluator must report it (:func:`failed_names`).
 
-:func:`to_global` turns a local batch into global arrays sharded over the mesh's data axis with
+:func:`to_global` turns a local batch into global arrays whose rows are split over every axis of the mesh, with
 ``jax.make_array_from_process_local_data``.
 """
 
@@ -106,6 +111,21 @@ class _TrainViews(grain.transforms.RandomMap):
         return _example(record, arrays, True)
 
 
+class _Blocks:
+    """Process ``index`` of ``count`` of a global example stream: blocks of ``local`` consecutive elements,
+    every ``count``-th block starting at block ``index`` (random access, lazy)."""
+
+    def __init__(self, stream: grain.MapDataset, index: int, count: int, local: int):
+        self.stream, self.index, self.count, self.local = stream, index, count, local
+
+    def __len__(self) -> int:
+        return len(self.stream) // (self.count * self.local) * self.local
+
+    def __getitem__(self, i: int) -> Any:
+        block, j = divmod(i, self.local)
+        return self.stream[(block * self.count + self.index) * self.local + j]
+
+
 class _PaddedShard:
     """Records ``[start, stop)`` of ``source``, then padding up to ``length`` (random access).
 
@@ -176,16 +196,13 @@ def _process(shard_index: int | None, shard_count: int | None) -> tuple[int, int
     return shard_index, shard_count
 
 
-def _local_batch(global_batch_size: int, shard_count: int, mesh: Any, data_axis: str) -> int:
+def _local_batch(global_batch_size: int, shard_count: int, mesh: Any) -> int:
     if global_batch_size <= 0 or global_batch_size % shard_count:
         raise ValueError(
             f"global_batch_size {global_batch_size} must be a positive multiple of {shard_count} processes"
         )
-    if mesh is not None and global_batch_size % mesh.shape[data_axis]:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} must be a multiple of the mesh's {data_axis!r} axis "
-            f"({mesh.shape[data_axis]} devices)"
-        )
+    if mesh is not None and global_batch_size % mesh.size:
+        raise ValueError(f"global_batch_size {global_batch_size} must be a multiple of the mesh's {mesh.size} devices")
     return global_batch_size // shard_count
 
 
@@ -209,22 +226,24 @@ def train_iterator(
     shard_index: int | None = None,
     shard_count: int | None = None,
     mesh: Any = None,
-    data_axis: str = "data",
     read_threads: int = 2,
+    start_batch: int = 0,
 ) -> grain.DatasetIterator:
     """Endless (or ``num_epochs``) shuffled training batches of this process's shard, as local numpy dicts.
 
-    The shard is ``[shard_index::shard_count]`` of the repeated, shuffled stream (default: this JAX
-    process); the local batch is ``global_batch_size // shard_count``. ``views`` is branch -> ViewSpec or a
-    preset name (its training form, ``views.train_views``). ``mesh`` only checks divisibility; pass each
-    batch to :func:`to_global`.
+    The shard is this process's blocks of the repeated, shuffled stream (default: this JAX process; see the
+    module docstring); the local batch is ``global_batch_size // shard_count``. ``views`` is branch ->
+    ViewSpec or a preset name (its training form, ``views.train_views``). ``start_batch`` skips that many
+    global batches (resuming where the iterator's own checkpoint does not fit, e.g. on another host count).
+    ``mesh`` only checks divisibility; pass each batch to :func:`to_global`.
     """
     index, count = _process(shard_index, shard_count)
-    local = _local_batch(global_batch_size, count, mesh, data_axis)
+    local = _local_batch(global_batch_size, count, mesh)
     if len(data_source) == 0:
         raise ValueError("empty data source")
-    ds = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)[index::count]
-    ds = ds.random_map(_TrainViews(resolve_views(views, train=True)))
+    stream = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)
+    stream = stream.random_map(_TrainViews(resolve_views(views, train=True)))
+    ds = grain.MapDataset.source(_Blocks(stream, index, count, local))[start_batch * local :]
     return _finish(ds, num_workers, read_threads, local, drop_remainder=True)
 
 
@@ -248,7 +267,6 @@ def eval_iterator(
     shard_index: int | None = None,
     shard_count: int | None = None,
     mesh: Any = None,
-    data_axis: str = "data",
     read_threads: int = 2,
 ) -> grain.DatasetIterator:
     """Every record of ``data_source`` once (over all processes), deterministic views, padded last batches.
@@ -258,7 +276,7 @@ def eval_iterator(
     (``error`` says why; see :func:`failed_names`).
     """
     index, count = _process(shard_index, shard_count)
-    local = _local_batch(global_batch_size, count, mesh, data_axis)
+    local = _local_batch(global_batch_size, count, mesh)
     spec = resolve_views(views, num_clips)
     n = len(data_source)
     if n == 0:
@@ -283,14 +301,15 @@ def failed_names(batch: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:
     ]
 
 
-def to_global(batch: Mapping[str, np.ndarray], mesh: Any, data_axis: str = "data") -> dict[str, Any]:
-    """Device fields -> global ``jax.Array`` s sharded over ``data_axis`` (each process passes its local
-    rows); host fields (:data:`HOST_FIELDS`) stay numpy."""
+def to_global(batch: Mapping[str, np.ndarray], mesh: Any) -> dict[str, Any]:
+    """Device fields -> global ``jax.Array`` s whose rows are split over every mesh axis, in mesh order (each
+    process passes its local rows); host fields (:data:`HOST_FIELDS`) stay numpy."""
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    sharding = NamedSharding(mesh, P(data_axis))
+    axes = tuple(mesh.axis_names)
+    sharding = NamedSharding(mesh, P(axes[0] if len(axes) == 1 else axes))
     return {
         k: v if k in HOST_FIELDS else jax.make_array_from_process_local_data(sharding, np.asarray(v))
         for k, v in batch.items()

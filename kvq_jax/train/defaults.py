@@ -40,7 +40,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.05
     c.optim.schedule = "dover"  # linear warm-up, cosine over the whole run (LR ends near 0.5·peak·...)
     c.optim.backbone_lr_mult = 0.1
-    c.optim.freeze = []  # regexes over param paths, e.g. [".*backbone.*"] for head-only transfer
+    c.optim.freeze = ()  # regexes over param paths, e.g. (".*backbone.*",) for head-only; a tuple, so overridable
     c.optim.grad_clip_norm = 0.0
     c.optim_warmup_fraction = 2.5 / 15.0  # DOVER: 2.5 warm-up epochs (used when optim.warmup_steps unset)
     c.ema_decay = 0.999
@@ -53,6 +53,11 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.eval.splits = ("val",)
     c.eval.batch_size = 8
     c.eval.num_clips = ml_collections.FieldReference(None, field_type=int)  # None: the views' own
+
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.fsdp = 1  # devices per FSDP group: params/EMA/optimiser state split this many ways; 1 = pure DP
+    c.sharding.rules = (".*",)  # regexes over state paths that may be split (others are replicated)
+    c.sharding.min_size = 1 << 16  # leaves with fewer elements stay replicated
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500
@@ -68,7 +73,7 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     `--config.init_weights` it is real head-only transfer, without it the heads learn on fresh backbones.
     """
     c.data.name = "kvq_synthetic"
-    c.optim.freeze = [".*_backbone/.*"]
+    c.optim.freeze = (".*_backbone/.*",)
     c.optim.lr = 1e-2
     c.data.num_workers = 2
     c.data.synthetic.sources = 16

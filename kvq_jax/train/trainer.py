@@ -1,8 +1,9 @@
 """The training and evaluation loop: one clear loop in the big_vision / Flax-examples style.
 
-Data parallelism is `jax.jit` with `NamedSharding` over a 1-D `("data",)` device mesh: params, EMA and optimiser
-state are replicated, batches are split over the data axis, and GSPMD inserts the gradient all-reduce. The
-model and optimiser are built and stepped inside `jax.set_mesh(mesh)`. Multi-host runs call
+Data parallelism is `jax.jit` with `NamedSharding` over a `("data", "fsdp")` device mesh (`train/sharding.py`):
+batches are split over every device; params, EMA and optimiser state are replicated (`sharding.fsdp=1`) or split
+over the fsdp axis by path rules, and GSPMD inserts the gradient all-reduce (or reduce-scatter). The model and
+optimiser are built and stepped inside `jax.set_mesh(mesh)`. Multi-host runs call
 `jax.distributed.initialize()` first (see `kvq_jax.main`); each process reads its own shard of the records
 and only process 0 writes logs. The train state is a plain pytree so orbax can save it asynchronously,
 together with the grain iterator, and resume exactly: dropout keys derive from (seed, step).
@@ -38,7 +39,7 @@ from kvq_jax.data import views as views_lib
 from kvq_jax.eval import challenge, metrics
 from kvq_jax.models import abstract_model, get_model, get_spec, with_params
 from kvq_jax.models.vqa import VQAModel, clip_batch
-from kvq_jax.train import losses, optim
+from kvq_jax.train import losses, optim, sharding
 from kvq_jax.weights import read_params
 
 PyTree = Any
@@ -111,10 +112,18 @@ def truth_and_pairs(cfg: ml_collections.ConfigDict, source: Any, split: str) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D data-parallel mesh over every device. Auto axes let GSPMD propagate shardings through the
-    model's reshapes (jax.make_mesh defaults to Explicit axes, which demand per-op output shardings)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    return sharding.make_mesh(cfg.get("sharding", {}).get("fsdp", 1))
+
+
+def place_state(cfg: ml_collections.ConfigDict, mesh, params: nnx.State, tx) -> tuple[dict, PyTree]:
+    """The train state built on device with its shardings (replicated, or FSDP-split by `cfg.sharding`), and
+    those shardings: with FSDP the optimiser state is never whole on one device."""
+    sc = cfg.get("sharding") or {}
+    abstract = jax.eval_shape(lambda p: init_state(cfg, p, tx), params)
+    shardings = sharding.state_shardings(abstract, mesh, sc.get("rules", (".*",)), sc.get("min_size", 1 << 16))
+    params = jax.device_put(params, shardings["params"])
+    return jax.jit(lambda p: init_state(cfg, p, tx), out_shardings=shardings)(params), shardings
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State]:
@@ -249,7 +258,9 @@ def predict_split(
         dev = pipeline.to_global(batch, mesh)
         for key, params in param_sets.items():
             out = eval_fn(params, {k: v for k, v in dev.items() if k not in pipeline.HOST_FIELDS})
-            local[key].append(np.asarray(multihost_utils.global_array_to_host_local_array(out, mesh, P("data"))))
+            local[key].append(
+                np.asarray(multihost_utils.global_array_to_host_local_array(out, mesh, P(sharding.BATCH_AXES)))
+            )
     gathered_names = multihost_utils.process_allgather(np.concatenate(names), tiled=True)
     gathered_valid = multihost_utils.process_allgather(np.concatenate(valid), tiled=True).astype(bool)
     all_names = np.array(_array_to_names(gathered_names), dtype=object)[gathered_valid]
@@ -399,7 +410,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
     ensure_dataset(cfg)
-    mesh = make_mesh()
+    mesh = make_mesh(cfg)
     if cfg.train.batch_size % jax.device_count():
         raise ValueError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of the {jax.device_count()} devices"
@@ -413,15 +424,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
     with jax.set_mesh(mesh):
         train_graph, eval_graph, params = build_model(cfg)
         tx = optim.make_optimizer(tx_cfg, params)
-        replicated = NamedSharding(mesh, P())
-        state = jax.device_put(init_state(cfg, params, tx), replicated)
-        state_sharding = jax.tree.map(lambda _: replicated, state)
+        state, state_sharding = place_state(cfg, mesh, params, tx)
         train_step = jax.jit(
             make_train_step(cfg, train_graph, tx, params),
-            out_shardings=(state_sharding, replicated),
+            out_shardings=(state_sharding, NamedSharding(mesh, P())),
             donate_argnums=0,
         )
         eval_fn = jax.jit(make_eval_step(cfg, eval_graph))
+        mngr = checkpoint_manager(workdir, cfg)
+        start = mngr.latest_step() or 0
+        iter_fits = start and _iterator_checkpoint_fits(mngr, start)
         train_views = {k: dataclasses.replace(v, num_clips=1) for k, v in view_specs(cfg).items()}
         data_iter = pipeline.train_iterator(
             train_source,
@@ -430,19 +442,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
             seed=cfg.seed,
             num_workers=cfg.data.num_workers,
             mesh=mesh,
+            start_batch=0 if iter_fits else start,
         )
-        mngr = checkpoint_manager(workdir, cfg)
-        start = 0
-        if mngr.latest_step() is not None:
-            start = mngr.latest_step()
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            restored = mngr.restore(
-                start,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), data_iter=grain.checkpoint.CheckpointRestore(data_iter)
-                ),
-            )
-            state = restored["state"]
+        if start:
+            items = {"state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state))}
+            if iter_fits:
+                items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+            else:
+                logging.info("data iterator saved for another process count: data resume at batch %d", start)
+            state = mngr.restore(start, args=ocp.args.Composite(**items))["state"]
             logging.info("resumed from step %d in %s", start, workdir)
 
         eval_splits = tuple(cfg.eval.splits)
@@ -493,6 +501,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
     return results
 
 
+def _iterator_checkpoint_fits(mngr: ocp.CheckpointManager, step: int) -> bool:
+    """Whether this process's grain iterator state is in the checkpoint (grain names it per process and
+    process count); if not, the data position follows from the step (see `pipeline.train_iterator`)."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return (mngr.directory / str(step) / "data_iter" / name).exists()  # an epath: local or gs://
+
+
 def selection_metric(result: Mapping[str, Any]) -> float:
     """What "best" checkpoints are chosen by: the challenge final score, or SROCC where a split has no pairs."""
     final = float(result["final"])
@@ -508,9 +523,10 @@ def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg)
-    mesh = make_mesh()
+    mesh = make_mesh(cfg)
     with jax.set_mesh(mesh):
         _, eval_graph, params = build_model(cfg)
+        params = jax.device_put(params, NamedSharding(mesh, P()))  # restore targets every process's devices
         state: dict[str, Any] = {"params": params}
         ckpt_dir = workdir / "checkpoints"
         if ckpt_dir.is_dir():
@@ -520,9 +536,10 @@ def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
                 meta = mngr.item_metadata(step)["state"]
                 keys = [k for k in ("params", "ema") if k in meta]
                 abstract = {k: jax.tree.map(ocp.utils.to_shape_dtype_struct, params) for k in keys}
-                restored = mngr.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, partial_restore=True))
+                restore = ocp.args.PyTreeRestore(
+                    abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True
                 )
+                restored = mngr.restore(step, args=ocp.args.Composite(state=restore))
                 state = dict(restored["state"])
         eval_fn = jax.jit(make_eval_step(cfg, eval_graph))
         results = evaluate(cfg, workdir, mesh, eval_fn, state, 0, tuple(cfg.eval.splits))
