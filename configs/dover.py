@@ -4,7 +4,7 @@
         --config.init_weights=weights/dover --config.data.manual_dir=/path/to/KVQ
 
 Variants: `configs/dover.py:head` (head-only transfer: backbones frozen, 10 epochs as DOVER's
-`l_num_epochs`), `configs/dover.py:quick` (the synthetic KVQ-like set, short 8-frame 128 px views,
+`l_num_epochs`), `configs/dover.py:quick` (the synthetic KVQ-like set, short 4-frame 96 px views,
 about 5 minutes on 2 CPU cores: the README's first command).
 """
 

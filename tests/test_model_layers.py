@@ -57,21 +57,23 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 CONV_CASES = [((2, 5, 9, 11, 4), 3), ((1, 4, 6, 5, 3), 1), ((1, 3, 7, 7, 8), 1), ((1, 2, 7, 16, 5), 3)]
 
 
-@pytest.mark.parametrize(("shape", "k"), CONV_CASES)
-def test_depthwise_conv_matches_grouped_conv(shape, k):
-    rng = np.random.default_rng(0)
+def _conv_inputs(shape: tuple[int, ...], k: int, rng: np.random.Generator) -> tuple[jax.Array, ...]:
+    """Random input, (k, 7, 7, 1, C) depthwise kernel and bias."""
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((k, 7, 7, 1, shape[-1])), jnp.float32)
-    bias = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
+    return x, kernel, jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
+
+
+@pytest.mark.parametrize(("shape", "k"), CONV_CASES)
+def test_depthwise_conv_matches_grouped_conv(shape, k):
+    x, kernel, bias = _conv_inputs(shape, k, np.random.default_rng(0))
     assert rel_err(jax.jit(depthwise_conv3d)(x, kernel, bias), grouped_conv(x, kernel, bias)) < 1e-5
 
 
 @pytest.mark.parametrize(("shape", "k"), CONV_CASES)
 def test_depthwise_conv_gradients_match_grouped_conv(shape, k):
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((k, 7, 7, 1, shape[-1])), jnp.float32)
-    bias = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
+    x, kernel, bias = _conv_inputs(shape, k, rng)
     cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     ours = jax.jit(lambda *a: jax.vjp(depthwise_conv3d, *a)[1](cotangent))(x, kernel, bias)
     ref = jax.vjp(grouped_conv, x, kernel, bias)[1](cotangent)

@@ -1,4 +1,4 @@
-"""The training entry point: data-parallel equivalence, learning, exact resume, the quick config end to end."""
+"""The training entry point: data-parallel and FSDP equivalence, learning on a fixed batch, exact resume."""
 
 from __future__ import annotations
 

@@ -54,8 +54,18 @@ class NonFiniteLossError(FloatingPointError):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def model_branches(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The branches trained and evaluated: all of the model's, or the subset `cfg.branches` (e.g. DOVER's
+    technical branch alone); the overall score is the sum over these branches."""
+    branches = get_spec(cfg.model).branches
+    chosen = tuple(cfg.get("branches") or branches)
+    if not chosen or set(chosen) - set(branches):
+        raise ValueError(f"branches={chosen}: {cfg.model} has {branches}")
+    return tuple(b for b in branches if b in chosen)
+
+
 def view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.ViewSpec]:
-    """The model's test-time views with the config's per-branch overrides (e.g. shorter clips)."""
+    """The test-time views of the trained branches, with the config's per-branch overrides (e.g. shorter clips)."""
     preset = cfg.data.get("views") or get_spec(cfg.model).views
     specs = views_lib.preset_views(preset)
     overrides = cfg.data.get("view_overrides") or {}
@@ -63,7 +73,7 @@ def view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.ViewSpec]:
         if branch not in specs:
             raise ValueError(f"data.view_overrides names branch {branch!r}; the views have {sorted(specs)}")
         specs[branch] = dataclasses.replace(specs[branch], **dict(changes))
-    return specs
+    return {b: v for b, v in specs.items() if b in model_branches(cfg)}
 
 
 def ensure_dataset(cfg: ml_collections.ConfigDict) -> None:
@@ -159,7 +169,7 @@ def make_train_step(
     """The jit-able step: loss and grads, optax update, EMA. Frozen params (cfg.optim.freeze) enter the loss
     through stop_gradient, so no backward pass is built through a frozen backbone (head-only transfer costs
     a forward pass); the optimiser also zeroes their (zero) updates."""
-    branches = get_spec(cfg.model).branches
+    branches = model_branches(cfg)
     frozen = jax.tree.map(lambda label: label == optim.FROZEN, optim.param_labels(params, freeze=cfg.optim.freeze))
     dtype = jnp.dtype(cfg.dtype)
     weights = dict(cfg.loss.weights)
@@ -188,7 +198,7 @@ def make_train_step(
 
 
 def make_eval_step(cfg: ml_collections.ConfigDict, graph: nnx.GraphDef):
-    branches = get_spec(cfg.model).branches
+    branches = model_branches(cfg)
     dtype = jnp.dtype(cfg.dtype)
 
     def eval_step(params: nnx.State, batch: dict) -> jax.Array:
@@ -277,7 +287,7 @@ def score_predictions(cfg, names, scores, truth, pairs: challenge.Pairs) -> dict
     A split without rank pairs of both kinds (e.g. train) has no challenge `final`: it is NaN there and
     the rank accuracies are NaN for the missing sheet.
     """
-    branches = get_spec(cfg.model).branches
+    branches = model_branches(cfg)
     overall = fuse(scores)
     pred = dict(zip(names, overall.tolist(), strict=True))
     y = np.array([truth[n] for n in names])
@@ -299,7 +309,7 @@ def fuse(scores: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: Path, cfg, names, scores) -> None:
-    branches = get_spec(cfg.model).branches
+    branches = model_branches(cfg)
     overall = fuse(scores)
     lines = ["filename," + ",".join(branches) + ",score"]
     lines += [
