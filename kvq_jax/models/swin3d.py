@@ -194,7 +194,8 @@ class WindowAttention3D(nnx.Module):
         """
         nw, b, n, c = windows.shape
         heads, hd = self.num_heads, c // self.num_heads
-        step = _windows_per_step(nw, b * heads * n * n)
+        # A symbolic batch (jax.export) sizes the steps as for batch 1: the step count must be a plain int.
+        step = _windows_per_step(nw, (b if isinstance(b, int) else 1) * heads * n * n)
         rpb = self.position_bias(self.relative_position_bias_table[...], index)
         fpb = None
         if self.fragment_position_bias_table is not None:
