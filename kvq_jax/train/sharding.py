@@ -38,11 +38,6 @@ def make_mesh(fsdp: int = 1) -> Mesh:
     return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-def batch_size_of(mesh: Mesh) -> int:
-    """How many devices a batch is split over (a global batch must be a multiple of it)."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES)
-
-
 def fsdp_spec(shape: Sequence[int], size: int, min_size: int) -> P:
     """Split the largest dimension that `size` divides; replicate arrays under `min_size` elements (biases,
     norms: all-gathering them costs more latency than their memory is worth) and indivisible ones."""
@@ -66,8 +61,3 @@ def state_shardings(tree: PyTree, mesh: Mesh, rules: Sequence[str] = (".*",), mi
         return NamedSharding(mesh, fsdp_spec(shape, size, min_size) if split else P())
 
     return jax.tree_util.tree_map_with_path(one, tree)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows over every device, in mesh order (process-contiguous, so each process feeds its own rows)."""
-    return NamedSharding(mesh, P(BATCH_AXES))

@@ -73,7 +73,8 @@ def view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.ViewSpec]:
         if branch not in specs:
             raise ValueError(f"data.view_overrides names branch {branch!r}; the views have {sorted(specs)}")
         specs[branch] = dataclasses.replace(specs[branch], **dict(changes))
-    return {b: v for b, v in specs.items() if b in model_branches(cfg)}
+    branches = model_branches(cfg)
+    return {b: v for b, v in specs.items() if b in branches}
 
 
 def ensure_dataset(cfg: ml_collections.ConfigDict) -> None:
@@ -123,17 +124,19 @@ def truth_and_pairs(cfg: ml_collections.ConfigDict, source: Any, split: str) -> 
 
 
 def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    return sharding.make_mesh(cfg.get("sharding", {}).get("fsdp", 1))
+    return sharding.make_mesh(cfg.sharding.fsdp)
 
 
 def place_state(cfg: ml_collections.ConfigDict, mesh, params: nnx.State, tx) -> tuple[dict, PyTree]:
     """The train state built on device with its shardings (replicated, or FSDP-split by `cfg.sharding`), and
     those shardings: with FSDP the optimiser state is never whole on one device."""
-    sc = cfg.get("sharding") or {}
-    abstract = jax.eval_shape(lambda p: init_state(cfg, p, tx), params)
-    shardings = sharding.state_shardings(abstract, mesh, sc.get("rules", (".*",)), sc.get("min_size", 1 << 16))
+
+    def init(p: nnx.State) -> dict:
+        return init_state(cfg, p, tx)
+
+    shardings = sharding.state_shardings(jax.eval_shape(init, params), mesh, cfg.sharding.rules, cfg.sharding.min_size)
     params = jax.device_put(params, shardings["params"])
-    return jax.jit(lambda p: init_state(cfg, p, tx), out_shardings=shardings)(params), shardings
+    return jax.jit(init, out_shardings=shardings)(params), shardings
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State]:
