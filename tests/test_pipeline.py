@@ -135,7 +135,8 @@ def test_eval_yields_every_video_once_with_padding(tiny_tfds: Path) -> None:
     for index in range(3):  # 14 videos over 3 processes, 2 rows each per batch
         it = pipeline.eval_iterator(src, SPEC, global_batch_size=6, num_clips=2, shard_index=index, shard_count=3)
         per_process.append(list(it))
-    assert len({len(b) for b in per_process}) == 1, "every process runs the same number of steps"
+    assert [len(b) for b in per_process] == [3, 3, 3], "every process runs the same number of steps"
+    assert [pipeline.eval_num_batches(len(src), 6, i, 3) for i in range(3)] == [3, 3, 3]
     rows = [(n, v) for batches in per_process for b in batches for n, v in zip(b["name"], b["valid"], strict=True)]
     assert [n for n, v in rows if v] == names  # each once, contiguous per process, in order
     assert all(n == b"" for n, v in rows if not v) and len(rows) == 18

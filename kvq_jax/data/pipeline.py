@@ -257,6 +257,14 @@ def eval_plan(n: int, global_batch_size: int, shard_index: int, shard_count: int
     return start, stop, max(1, math.ceil(per / local)) * local
 
 
+def eval_num_batches(
+    n: int, global_batch_size: int, shard_index: int | None = None, shard_count: int | None = None
+) -> int:
+    """Batches :func:`eval_iterator` yields on each process (the same on all, as the last ones are padded)."""
+    index, count = _process(shard_index, shard_count)
+    return eval_plan(n, global_batch_size, index, count)[2] // (global_batch_size // count)
+
+
 def eval_iterator(
     data_source: Any,
     views: Mapping[str, views_lib.ViewSpec] | str,

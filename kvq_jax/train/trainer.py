@@ -263,10 +263,7 @@ def predict_split(
     )
     local: dict[str, list[np.ndarray]] = {k: [] for k in param_sets}
     names, valid, failed = [], [], []
-    shards = jax.process_count()
-    n_batches = pipeline.eval_plan(len(source), cfg.eval.batch_size, jax.process_index(), shards)[2] // (
-        cfg.eval.batch_size // shards
-    )  # every process steps through the same padded number of batches
+    n_batches = pipeline.eval_num_batches(len(source), cfg.eval.batch_size)
     for batch in tqdm(it, desc=desc, total=n_batches, disable=jax.process_index() != 0, leave=False):
         failed += pipeline.failed_names(batch)
         names.append(_names_to_array(batch["name"]))
