@@ -103,7 +103,7 @@ def _layout_dir(tmp_path: Path, rows: list[str]) -> Path:
     ("bad_row", "message"),
     [
         ("train/0009.mp4,3.5", "video 'train/0009.mp4' not found"),
-        ("train/0003.mp4,nan", "score is NaN"),
+        ("train/0003.mp4,nan", "score is 'nan', not a finite number"),
         ("train/0001.mp4,2.0", "duplicate filename 'train/0001.mp4' (first on line 2)"),
         ("train/0003.mp4,good", "score 'good' is not a number"),
         ("train/0003.mp4,", "empty score"),
@@ -155,7 +155,7 @@ def test_unlabelled_split_and_pair_errors(tmp_path: Path) -> None:
     wb["source"].append(["test/0001.mp4", "test/0001.mp4", 3])
     wb.create_sheet("nonsource")
     wb.save(tmp_path / "rank-pair-test.xlsx")
-    with pytest.raises(kvq_layout.LayoutError, match=r"rank-pair-test.xlsx\[source\]:2: rank must be 1 or 2"):
+    with pytest.raises(kvq_layout.LayoutError, match=r"rank-pair-test.xlsx\[source\] row 2: rank label 3 is not 1"):
         kvq_layout.read_layout(tmp_path)
 
 

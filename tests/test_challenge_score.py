@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pytest
+import scipy.optimize
 import scipy.stats
 
+from kvq_jax.data import kvq_files, kvq_layout
 from kvq_jax.eval import challenge, score, submit
 from kvq_jax.eval.challenge import Pair, Pairs, ScoreInputError
 
@@ -165,6 +167,22 @@ def test_xlsx_first_row_is_a_header_like_the_official_reader(tmp_path):
     assert got.source == (Pair("d.mp4", "e.mp4", 2),)
 
 
+def test_builder_and_scorer_share_the_pair_reader(tmp_path):
+    """kvq_layout (dataset builder) and the scorer read a workbook alike; each raises its own error type."""
+    source = [(a, b, float(r)) for a, b, r in SOURCE]  # ranks stored as 1.0 / 2.0 read as 1 / 2
+    xlsx = _write_xlsx(tmp_path / "rank-pair-val.xlsx", {"source": source, "nonsource": NONSOURCE})
+    assert kvq_layout.read_pairs(xlsx, set(TRUTH)) == {"source": SOURCE, "nonsource": NONSOURCE}
+    assert challenge.read_pairs(xlsx) == _pairs()
+    bad = _write_xlsx(tmp_path / "bad.xlsx", {"source": [*SOURCE, ("a.mp4", "b.mp4", 1.5)], "nonsource": NONSOURCE})
+    message = r"bad\.xlsx\[source\] row 5: rank label 1\.5 is not 1 \(video1 better\) or 2"
+    with pytest.raises(kvq_layout.LayoutError, match=message) as layout_err:
+        kvq_layout.read_pairs(bad, set(TRUTH))
+    with pytest.raises(ScoreInputError, match=message) as scorer_err:
+        challenge.read_pairs(bad)
+    assert str(layout_err.value) == str(scorer_err.value)
+    assert isinstance(layout_err.value, kvq_files.KvqFileError) and isinstance(scorer_err.value, kvq_files.KvqFileError)
+
+
 def test_basename_matching(tmp_path):
     truth = _write_scores(tmp_path / "truth.csv", {f"train/{k}": v for k, v in TRUTH.items()})
     pred = _write_scores(tmp_path / "pred.csv", PRED)
@@ -216,6 +234,39 @@ def test_cli_csv_pairs_and_bootstrap(tmp_path, capsys):
         assert lo <= hi, k
     assert score.main([*argv, "--bootstrap", "200", "--seed", "3"]) == 0
     assert json.loads(capsys.readouterr().out) == out  # seeded: reproducible
+
+
+def _vqeg(x, b1, b2, b3, b4):
+    """The VQEG 4-parameter logistic, written out here rather than taken from the code under test."""
+    with np.errstate(over="ignore"):
+        return b2 + (b1 - b2) / (1 + np.exp(-(x - b3) / np.abs(b4)))
+
+
+def test_cli_logistic_matches_curve_fit_and_leaves_final_raw(tmp_path, capsys):
+    # a steep S-shaped (monotone, non-linear) mapping from scores to MOS plus noise: the raw PLCC is clearly
+    # below 1, the PLCC after refitting the logistic is close to 1
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 1, 60)
+    y = _vqeg(x, 4.6, 1.3, 0.45, 0.08) + rng.normal(0, 0.05, 60)
+    names = [f"v{i:02d}.mp4" for i in range(60)]
+    pred = _write_scores(tmp_path / "prediction.csv", dict(zip(names, x, strict=True)))
+    truth = _write_scores(tmp_path / "truth.csv", dict(zip(names, y, strict=True)))
+    pairs = [(names[i], names[i + 1], 1 if y[i] >= y[i + 1] else 2) for i in range(0, 58, 2)]
+    xlsx = _write_xlsx(tmp_path / "rank-pair-val.xlsx", {"source": pairs[:10], "nonsource": pairs[10:]})
+    argv = ["--pred", str(pred), "--truth", str(truth), "--pairs", str(xlsx)]
+    assert score.main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert score.main([*argv, "--logistic"]) == 0
+    out = json.loads(capsys.readouterr().out)
+
+    beta, _ = scipy.optimize.curve_fit(_vqeg, x, y, p0=[y.max(), y.min(), x.mean(), 0.5], maxfev=20000)
+    fitted = _vqeg(x, *beta)
+    assert out["plcc_logistic"] == pytest.approx(scipy.stats.pearsonr(fitted, y)[0], abs=1e-6)
+    assert out["rmse_logistic"] == pytest.approx(np.sqrt(np.mean((fitted - y) ** 2)), rel=1e-4)
+    assert out["plcc"] == pytest.approx(scipy.stats.pearsonr(x, y)[0], abs=1e-12)
+    assert out["plcc"] < 0.96 and out["plcc_logistic"] > 0.999
+    assert list(out) == [*plain, "plcc_logistic", "rmse_logistic"]
+    assert {k: out[k] for k in plain} == plain  # final and every other field: unchanged, from raw predictions
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
@@ -84,79 +82,3 @@ def test_numpy_metrics_reject_bad_input():
         metrics.plcc([1, np.nan, 3], [1, 2, 3])
     with pytest.raises(ValueError, match="unknown mapping"):
         metrics.rmse([1, 2, 3], [1, 2, 4], mapping="cubic")
-
-
-# ------------------------------------------------------------------------------------------- JAX
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_rankdata_jax_average_ties(seed):
-    p, y = _mos_like(seed, 257)
-    for v in (p, y):
-        np.testing.assert_array_equal(np.asarray(metrics.rankdata_jax(v.astype(np.float32))), scipy.stats.rankdata(v))
-
-
-@pytest.mark.parametrize(("seed", "n"), [(0, 5), (1, 64), (2, 500), (3, 2000), (4, 3001)])
-def test_jax_metrics_float32_within_1e6_of_scipy(seed, n):
-    p, y = _mos_like(seed, n, dtype=np.float32)
-    # SciPy sees exactly the float32 values, promoted to float64: only the arithmetic differs
-    p64, y64 = p.astype(np.float64), y.astype(np.float64)
-    assert abs(float(metrics.srocc_jax(p, y)) - scipy.stats.spearmanr(p64, y64)[0]) < 1e-6
-    assert abs(float(metrics.plcc_jax(p, y)) - scipy.stats.pearsonr(p64, y64)[0]) < 1e-6
-    assert metrics.srocc_jax(p, y).dtype == jnp.float32
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_jax_metrics_float64_under_x64(seed):
-    p, y = _mos_like(seed, 700)
-    with jax.enable_x64(True):
-        s = metrics.srocc_jax(jnp.asarray(p), jnp.asarray(y))
-        r = metrics.plcc_jax(jnp.asarray(p), jnp.asarray(y))
-        assert s.dtype == jnp.float64
-    assert float(s) == pytest.approx(scipy.stats.spearmanr(p, y)[0], abs=1e-12)
-    assert float(r) == pytest.approx(scipy.stats.pearsonr(p, y)[0], abs=1e-12)
-
-
-def test_jax_metrics_with_padding_mask():
-    p, y = _mos_like(5, 300, dtype=np.float32)
-    n_valid = 237
-    mask = np.arange(300) < n_valid
-    # garbage in the padding, including values tying with valid ones and +inf
-    p[n_valid:], y[n_valid:] = p[0], np.inf
-    p[3] = np.inf  # a genuine +inf inside the valid part ranks last among the valid entries
-    pv, yv = p[:n_valid].astype(np.float64), y[:n_valid].astype(np.float64)
-    ranks = np.asarray(metrics.rankdata_jax(p, mask))
-    np.testing.assert_array_equal(ranks[:n_valid], scipy.stats.rankdata(pv))
-    np.testing.assert_array_equal(ranks[n_valid:], 0)
-    assert abs(float(metrics.srocc_jax(p, y, mask)) - scipy.stats.spearmanr(pv, yv)[0]) < 1e-6
-    finite = np.where(np.isfinite(p), p, 0).astype(np.float32)
-    ref = scipy.stats.pearsonr(finite[:n_valid].astype(np.float64), yv)[0]
-    assert abs(float(metrics.plcc_jax(finite, y, mask)) - ref) < 1e-6
-
-
-def test_jax_metrics_compose_with_jit_and_vmap():
-    batch = [_mos_like(s, 128, dtype=np.float32) for s in range(3)]
-    ps = jnp.stack([b[0] for b in batch])
-    ys = jnp.stack([b[1] for b in batch])
-
-    @jax.jit
-    def step(p, y):  # an evaluation step that reduces a whole stacked set of splits
-        return jax.vmap(metrics.srocc_jax)(p, y), jax.vmap(metrics.plcc_jax)(p, y)
-
-    s, r = step(ps, ys)
-    for i, (p, y) in enumerate(batch):
-        p64, y64 = p.astype(np.float64), y.astype(np.float64)
-        assert abs(float(s[i]) - scipy.stats.spearmanr(p64, y64)[0]) < 1e-6
-        assert abs(float(r[i]) - scipy.stats.pearsonr(p64, y64)[0]) < 1e-6
-
-
-def test_jax_metrics_nan_cases_match_scipy():
-    const = np.full(10, 3.0, np.float32)
-    ramp = np.arange(10, dtype=np.float32)
-    with pytest.warns(scipy.stats.ConstantInputWarning):
-        assert np.isnan(scipy.stats.spearmanr(const, ramp)[0])
-    assert np.isnan(float(metrics.srocc_jax(const, ramp)))
-    assert np.isnan(float(metrics.plcc_jax(const, ramp)))
-    with_nan = ramp.copy()
-    with_nan[4] = np.nan
-    assert np.isnan(np.asarray(metrics.rankdata_jax(with_nan))).all()

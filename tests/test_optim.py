@@ -1,4 +1,4 @@
-"""Schedules, AdamW groups, freezing, clipping, freeze→unfreeze carry-over and EMA vs independent numbers."""
+"""Schedules, AdamW groups, freezing, clipping and EMA vs independent numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import optax
 import pytest
 
 from kvq_jax.train.optim import (
-    carry_over_state,
     cosine_schedule,
     dover_schedule,
     ema_update,
@@ -217,34 +216,6 @@ def test_grad_clipping_uses_trainable_norm_only() -> None:
         u, st2 = tx2.update(random_grads(params2, 50 + step, scale), st2, params2)
         params2 = optax.apply_updates(params2, u)
     assert not np.allclose(params2["technical_head"]["w"], params["technical_head"]["w"], rtol=1e-4)
-
-
-def test_two_phase_freeze_then_unfreeze_matches_torch_semantics() -> None:
-    """Head-only steps, then end-to-end; torch keeps the head's Adam state and the LambdaLR count, and the
-    backbone starts a fresh Adam state (bias correction from step 1) at the current LR."""
-    params = make_params(5)
-    warmup, total, n1, n2 = 2, 8, 3, 4
-    cfg = {**BASE, "schedule": "dover", "warmup_steps": warmup, "total_steps": total}
-    tx1 = make_optimizer({**cfg, "freeze": [".*backbone.*"]}, params)
-    state = tx1.init(params)
-    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    ref = [NpAdamW(wd=0.05) for _ in paths]
-    p_ref = leaves64(params)
-    for it in range(n1 + n2):
-        if it == n1:
-            tx2 = make_optimizer(cfg, params)
-            state = carry_over_state(tx2.init(params), state)
-        tx = tx1 if it < n1 else tx2
-        grads = random_grads(params, 200 + it)
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        lr = 0.01 * dover_lambda(it, warmup, total)
-        for i, (path, g) in enumerate(zip(paths, leaves64(grads), strict=True)):
-            if "backbone" in path and it < n1:
-                continue  # requires_grad=False: no grad, no state, no decay
-            p_ref[i] = ref[i].step(p_ref[i], g, lr * (0.1 if "backbone" in path else 1.0))
-    for got, want in zip(leaves64(params), p_ref, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_matches_torch_adamw_param_groups_and_lambdalr() -> None:

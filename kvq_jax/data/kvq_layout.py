@@ -12,6 +12,9 @@ writes the same)::
                                     better); also looked for as ``rank-pair-{split}.xlsx`` for every split and
                                     under ``groundtruth_label/``
 
+The file formats themselves (CSV rows, score cells, the pair workbook) are parsed by
+:mod:`kvq_jax.data.kvq_files`, which the challenge scorer shares; this module adds the folder conventions.
+
 Label files may also be the KVQ repository's headerless ``filename,cls_label,dis_label,score`` lists. A
 filename is resolved against ROOT first, then against ``ROOT/<split>/``. Optional columns: ``source_id``
 (overrides the id derived from the name). A CSV without a score column makes the split *unlabelled*
@@ -26,20 +29,19 @@ the id is -1 (unknown) unless a ``source_id`` column is present.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvq_jax.data.kvq_files import PAIR_SHEETS, KvqFileError, csv_rows, parse_score, read_pair_workbook
+
 SPLITS = ("train", "val", "test")
 VIDEOS_PER_SOURCE = 7
-PAIR_SHEETS = ("source", "nonsource")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".yuv", ".m4v")
 
 
-class LayoutError(ValueError):
+class LayoutError(KvqFileError):
     """Bad input in a KVQ folder; the message names the file and, where there is one, the line."""
 
 
@@ -96,25 +98,9 @@ def _has_header(first: list[str]) -> bool:
     )
 
 
-def _parse_score(text: str, where: str) -> float:
-    t = text.strip()
-    if not t:
-        raise LayoutError(f"{where}: empty score")
-    try:
-        value = float(t)
-    except ValueError:
-        raise LayoutError(f"{where}: score {t!r} is not a number") from None
-    if math.isnan(value):
-        raise LayoutError(f"{where}: score is NaN")
-    if math.isinf(value):
-        raise LayoutError(f"{where}: score is infinite")
-    return value
-
-
 def _read_rows(csv_path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    """(header or None, [(line number, cells)]); blank lines are skipped, a UTF-8 BOM is tolerated."""
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [(i, [c.strip() for c in r]) for i, r in enumerate(csv.reader(f), start=1) if any(c.strip() for c in r)]
+    """(lower-cased header or None, [(line number, cells)]); blank lines are skipped."""
+    rows = csv_rows(csv_path.read_bytes(), csv_path, LayoutError)
     if not rows:
         raise LayoutError(f"{csv_path}: empty label file")
     if _has_header(rows[0][1]):
@@ -150,7 +136,7 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
         if name in seen:
             raise LayoutError(f"{where}: duplicate filename {name!r} (first on line {seen[name]})")
         seen[name] = line
-        mos = _parse_score(cells[score_col], where) if score_col is not None else math.nan
+        mos = parse_score(cells[score_col], where, LayoutError) if score_col is not None else math.nan
         sid = source_id_from_name(name)
         if sid_col is not None:
             try:
@@ -167,57 +153,40 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
     return entries, score_col is not None
 
 
-def _resolve_pair_name(value: object, names: set[str], by_base: dict[str, str | None], where: str) -> str:
-    """A pair cell -> the label file's name for it (exact, else by unique basename)."""
-    v = str(value).strip() if value is not None else ""
-    if v in names:
-        return v
-    match = by_base.get(v.rsplit("/", 1)[-1])
+def _resolve_pair_name(name: str, names: set[str], by_base: dict[str, str | None], where: str) -> str:
+    """A pair's video -> the label file's name for it (exact, else by unique basename)."""
+    if name in names:
+        return name
+    match = by_base.get(name.rsplit("/", 1)[-1])
     if match is None:
-        raise LayoutError(f"{where}: video {v!r} is not in the split's label file")
+        raise LayoutError(f"{where}: video {name!r} is not in the split's label file")
     return match
 
 
 def read_pairs(xlsx_path: Path, names: set[str]) -> dict[str, list[tuple[str, str, int]]]:
-    """The rank-pair sheets, checked: every pair names two listed videos and has rank 1 or 2.
+    """Both rank-pair sheets, checked: every pair names two listed videos (and has rank 1 or 2).
 
     A pair cell that is not a listed name but whose basename matches exactly one listed name is mapped
     to it (a workbook may write "0001.mp4" where the CSV says "val/0001.mp4")."""
-    import openpyxl
-
     by_base: dict[str, str | None] = {}
     for n in names:
         base = n.rsplit("/", 1)[-1]
         by_base[base] = None if base in by_base else n  # None marks an ambiguous basename
-    try:
-        wb = openpyxl.load_workbook(xlsx_path, read_only=True, data_only=True)
-    except Exception as e:  # openpyxl raises several types for non-xlsx input
-        raise LayoutError(f"{xlsx_path}: cannot read as an .xlsx workbook: {e}") from e
-    try:
-        missing = [s for s in PAIR_SHEETS if s not in wb.sheetnames]
-        if missing:
-            raise LayoutError(f"{xlsx_path}: missing sheet(s) {missing}; found {wb.sheetnames}")
-        out: dict[str, list[tuple[str, str, int]]] = {}
-        for sheet in PAIR_SHEETS:
-            pairs = []
-            for r, row in enumerate(wb[sheet].iter_rows(values_only=True), start=1):
-                if r == 1 or row is None or all(v is None for v in row[:3]):
-                    continue  # header row, blank rows
-                where = f"{xlsx_path}[{sheet}]:{r}"
-                if len(row) < 3:
-                    raise LayoutError(f"{where}: expected video1, video2, rank; got {row}")
-                v1, v2 = (_resolve_pair_name(row[i], names, by_base, where) for i in (0, 1))
-                try:
-                    rank = int(float(row[2]))
-                except (TypeError, ValueError):
-                    rank = 0
-                if rank not in (1, 2):
-                    raise LayoutError(f"{where}: rank must be 1 or 2, got {row[2]!r}")
-                pairs.append((v1, v2, rank))
-            out[sheet] = pairs
-        return out
-    finally:
-        wb.close()
+    sheets = read_pair_workbook(xlsx_path, LayoutError)
+    missing = [s for s in PAIR_SHEETS if s not in sheets]
+    if missing:
+        raise LayoutError(f"{xlsx_path}: missing sheet(s) {missing}; found {list(sheets)}")
+    return {
+        sheet: [
+            (
+                _resolve_pair_name(p.video1, names, by_base, where),
+                _resolve_pair_name(p.video2, names, by_base, where),
+                p.rank,
+            )
+            for where, p in rows
+        ]
+        for sheet, rows in sheets.items()
+    }
 
 
 def read_split(root: str | os.PathLike, split: str) -> SplitLayout | None:

@@ -1,5 +1,5 @@
-"""Evaluation: VQA correlation metrics (SciPy reference + jitted JAX), the NTIRE 2024 KVQ challenge score
-and the Codalab submission writer.
+"""Evaluation: VQA correlation metrics (SciPy), the NTIRE 2024 KVQ challenge score and the Codalab submission
+writer.
 
 CLIs: ``python -m kvq_jax.eval.score`` and ``python -m kvq_jax.eval.submit``.
 """
@@ -11,6 +11,7 @@ from kvq_jax.eval.challenge import (
     ScoreInputError,
     bootstrap_ci,
     challenge_score,
+    logistic_scores,
     pair_accuracy,
     read_pairs,
     read_scores_csv,
@@ -24,11 +25,8 @@ from kvq_jax.eval.metrics import (
     logistic4,
     map_predictions,
     plcc,
-    plcc_jax,
-    rankdata_jax,
     rmse,
     srocc,
-    srocc_jax,
 )
 
 __all__ = [
@@ -43,17 +41,15 @@ __all__ = [
     "krocc",
     "linear_rescale",
     "logistic4",
+    "logistic_scores",
     "map_predictions",
     "pair_accuracy",
     "plcc",
-    "plcc_jax",
-    "rankdata_jax",
     "read_pairs",
     "read_scores_csv",
     "read_video_names",
     "rmse",
     "srocc",
-    "srocc_jax",
     "write_submission",
 ]
 

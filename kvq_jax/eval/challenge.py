@@ -1,6 +1,6 @@
 """NTIRE 2024 KVQ challenge score, computed as the official ``metric_score.py`` does.
 
-Official semantics (see the challenge repository and ``models.md`` §7):
+Official semantics (from the challenge repository, github.com/lixinustc/KVQ-Challenge-CVPR-NTIRE2024):
 
 * SROCC and PLCC are SciPy's, on the *raw* predicted scores ordered like the truth file (no rescale, no fit).
 * Pairs come from ``rank-pair-val.xlsx``: sheet ``source`` (homologous pairs, "Rank1") and sheet
@@ -22,26 +22,37 @@ Deliberate differences, all of them errors where the official script would crash
 Names are matched exactly as written, after stripping surrounding whitespace.  With ``basename=True`` the
 readers reduce every name to its last path component (``train/0001_0.mp4`` -> ``0001_0.mp4``) and refuse
 two names that collapse onto the same basename.  Predictions for videos absent from the truth file are
-ignored, as the official scorer does.
+ignored, as the official scorer does.  The KVQ file formats are parsed by :mod:`kvq_jax.data.kvq_files`,
+shared with the dataset builder.
+
+:func:`logistic_scores` adds PLCC and RMSE after the VQEG 4-parameter logistic fit (as the COVER and
+SimpleVQA papers report them); they are not part of the challenge score.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import posixpath
-import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import scipy.stats
 from tqdm import tqdm
 
+from kvq_jax.data.kvq_files import (
+    PAIR_SHEETS,
+    KvqFileError,
+    Pair,
+    csv_rows,
+    looks_like_pair,
+    pair_from_cells,
+    parse_score,
+    read_pair_workbook,
+)
 from kvq_jax.eval import metrics
 
 __all__ = [
@@ -52,30 +63,22 @@ __all__ = [
     "ScoreInputError",
     "bootstrap_ci",
     "challenge_score",
+    "logistic_scores",
     "pair_accuracy",
     "read_pairs",
     "read_scores_csv",
     "read_video_names",
 ]
 
-PAIR_KINDS = ("source", "nonsource")
+PAIR_KINDS = PAIR_SHEETS
 PREDICTION_MEMBER = "prediction.csv"  # the file name Codalab's scoring program opens inside a submission zip
 _MAX_LISTED = 10
 
 PathLike = str | os.PathLike
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(KvqFileError):
     """Bad scorer input (missing/duplicate/unknown video, non-numeric score, malformed file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """One ranked pair; ``rank`` 1 means ``video1`` is the better video, 2 means ``video2`` is."""
-
-    video1: str
-    video2: str
-    rank: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,23 +116,6 @@ def _basename(name: str) -> str:
     return posixpath.basename(name.replace("\\", "/"))
 
 
-def _cell_text(value: object) -> str:
-    """Spreadsheet cell -> name; integral floats lose their ``.0`` so numeric names match CSV text."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return "" if value is None else str(value).strip()
-
-
-def _parse_score(text: str, where: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ScoreInputError(f"{where}: score {text!r} for {name!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ScoreInputError(f"{where}: score for {name!r} is {text.strip()!r}, not a finite number")
-    return value
-
-
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -138,8 +124,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _open_text(path: Path) -> io.StringIO:
-    """Text of a CSV, or of ``prediction.csv`` at the root of a submission zip (what Codalab unpacks)."""
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank rows of a CSV, or of ``prediction.csv`` at the root of a submission zip (what Codalab unpacks)."""
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
     if path.suffix.lower() == ".zip":
@@ -153,18 +139,7 @@ def _open_text(path: Path) -> io.StringIO:
             raise ScoreInputError(f"{path}: not a valid zip file ({e})") from None
     else:
         raw = path.read_bytes()
-    try:
-        return io.StringIO(raw.decode("utf-8-sig"), newline="")
-    except UnicodeDecodeError as e:
-        raise ScoreInputError(f"{path}: not a UTF-8 text file ({e})") from None
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Non-blank CSV rows with the 1-based line number where each ends."""
-    reader = csv.reader(_open_text(path))
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            yield reader.line_num, row
+    return csv_rows(raw, path, ScoreInputError)
 
 
 def _normalise_names(
@@ -193,7 +168,7 @@ def _read_named_rows(path: Path, need_score: bool, basename: bool) -> list[tuple
     A header is recognised when the first row is not ``name,number``; it must then name a ``filename`` column
     (and ``score`` if ``need_score``), in any order, extra columns allowed, case and spaces ignored.
     """
-    rows = list(_csv_rows(path))
+    rows = _csv_rows(path)
     if not rows:
         raise ScoreInputError(f"{path}: empty file, expected 'filename,score' rows")
     first_line, first = rows[0]
@@ -205,7 +180,7 @@ def _read_named_rows(path: Path, need_score: bool, basename: bool) -> list[tuple
             lineno, row = wrong[0]
             raise ScoreInputError(f"{path}:{lineno}: expected 2 fields 'name,score', got {len(row)}: {row}")
     else:
-        header = [cell.strip().lower() for cell in first]
+        header = [cell.lower() for cell in first]
         if not set(needed) <= set(header):
             raise ScoreInputError(
                 f"{path}:{first_line}: header {first} lacks the column(s) {needed} "
@@ -221,10 +196,10 @@ def _read_named_rows(path: Path, need_score: bool, basename: bool) -> list[tuple
         where = f"{path}:{lineno}"
         if len(row) <= max(name_col, score_col or 0):
             raise ScoreInputError(f"{where}: row {row} is missing the {' or '.join(needed)} column")
-        name = row[name_col].strip()
+        name = row[name_col]
         if not name:
             raise ScoreInputError(f"{where}: empty video name")
-        score = _parse_score(row[score_col], where, name) if need_score else None
+        score = parse_score(row[score_col], where, ScoreInputError, name) if need_score else None
         items.append((name, where, score))
     return _normalise_names(items, basename, path)
 
@@ -242,77 +217,23 @@ def read_video_names(path: PathLike, *, basename: bool = False) -> list[str]:
     return [key for key, _, _ in _read_named_rows(Path(path), False, basename)]
 
 
-def _parse_rank(value: object, where: str) -> int:
-    text = _cell_text(value)
-    if text not in ("1", "2"):
-        raise ScoreInputError(f"{where}: rank label {value!r} is not 1 (video1 better) or 2 (video2 better)")
-    return int(text)
-
-
-def _looks_like_pair(row: Sequence[object]) -> bool:
-    return len(row) >= 3 and _cell_text(row[2]) in ("1", "2")
-
-
-def _pair_from_row(row: Sequence[object], where: str, basename: bool) -> Pair:
-    if len(row) < 3:
-        raise ScoreInputError(f"{where}: expected video1, video2, rank; got {list(row)}")
-    names = [_cell_text(row[0]), _cell_text(row[1])]
-    if not all(names):
-        raise ScoreInputError(f"{where}: empty video name in {list(row[:3])}")
-    if basename:
-        names = [_basename(n) for n in names]
-    return Pair(names[0], names[1], _parse_rank(row[2], where))
-
-
-def _read_xlsx_pairs(path: Path, basename: bool) -> dict[str, list[Pair]]:
-    """Sheets ``source``/``nonsource`` of the official workbook; other sheets are ignored, as officially."""
-    import openpyxl  # imported lazily: only xlsx pair files need it
-
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as e:  # openpyxl raises several unrelated types for non-workbooks
-        raise ScoreInputError(f"{path}: cannot read as an .xlsx workbook: {e}") from e
-    try:
-        found: dict[str, list[Pair]] = {}
-        for kind in PAIR_KINDS:
-            if kind not in wb.sheetnames:
-                continue
-            rows = [
-                (r, row)
-                for r, row in enumerate(wb[kind].iter_rows(values_only=True), start=1)
-                if any(_cell_text(c) for c in row)
-            ]
-            if rows and _looks_like_pair(rows[0][1]):
-                warnings.warn(
-                    f"{path}[{kind}] row {rows[0][0]} looks like a pair, but the first row is a header "
-                    "(as the official scorer reads it) and is skipped",
-                    stacklevel=3,
-                )
-            found[kind] = [_pair_from_row(row, f"{path}[{kind}] row {r}", basename) for r, row in rows[1:]]
-        if not found:
-            raise ScoreInputError(f"{path}: no 'source' or 'nonsource' sheet (sheets: {wb.sheetnames})")
-        return found
-    finally:
-        wb.close()
-
-
 def _kind_from_name(path: Path) -> str | None:
     stem = path.stem.lower()
     return "nonsource" if "nonsource" in stem else "source" if "source" in stem else None
 
 
-def _read_csv_pairs(path: Path, kind: str | None, basename: bool) -> dict[str, list[Pair]]:
+def _read_csv_pairs(path: Path, kind: str | None) -> dict[str, list[Pair]]:
     """A pairs CSV: header row, then ``video1,video2,rank`` (by name if the header has them, else columns
     0-2), with an optional ``sheet`` column (``source``/``nonsource``) that overrides the file's kind."""
-    rows = list(_csv_rows(path))
+    rows = _csv_rows(path)
     if not rows:
         raise ScoreInputError(f"{path}: empty pairs file, expected a header and 'video1,video2,rank' rows")
     first_line, first = rows[0]
-    if _looks_like_pair(first):
+    if looks_like_pair(first):
         raise ScoreInputError(
             f"{path}:{first_line}: first row {first} looks like data; add the header 'video1,video2,rank'"
         )
-    header = [cell.strip().lower() for cell in first]
+    header = [cell.lower() for cell in first]
     named = ("video1", "video2", "rank")
     cols = [header.index(c) for c in named] if set(named) <= set(header) else [0, 1, 2]
     sheet_col = header.index("sheet") if "sheet" in header else None
@@ -326,11 +247,11 @@ def _read_csv_pairs(path: Path, kind: str | None, basename: bool) -> dict[str, l
         where = f"{path}:{lineno}"
         row_kind = kind
         if sheet_col is not None:
-            row_kind = row[sheet_col].strip().lower() if sheet_col < len(row) else ""
+            row_kind = row[sheet_col].lower() if sheet_col < len(row) else ""
             if row_kind not in PAIR_KINDS:
                 raise ScoreInputError(f"{where}: sheet {row_kind!r} is not 'source' or 'nonsource'")
         picked = [row[c] if c < len(row) else "" for c in cols]
-        found.setdefault(row_kind, []).append(_pair_from_row(picked, where, basename))
+        found.setdefault(row_kind, []).append(pair_from_cells(picked, where, ScoreInputError))
     return found
 
 
@@ -356,11 +277,13 @@ def read_pairs(paths: PathLike | Sequence[PathLike], *, basename: bool = False) 
         path = Path(rest if kind else text)
         if not path.is_file():
             raise ScoreInputError(f"{path}: no such pairs file")
-        if path.suffix.lower() == ".xlsx":
-            found = _read_xlsx_pairs(path, basename)
+        if path.suffix.lower() == ".xlsx":  # other sheets are ignored, as officially
+            found = {k: [p for _, p in rows] for k, rows in read_pair_workbook(path, ScoreInputError).items()}
         else:
-            found = _read_csv_pairs(path, kind or _kind_from_name(path), basename)
+            found = _read_csv_pairs(path, kind or _kind_from_name(path))
         for k, pairs in found.items():
+            if basename:
+                pairs = [Pair(_basename(p.video1), _basename(p.video2), p.rank) for p in pairs]
             merged[k].extend(pairs)
     empty = [k for k in PAIR_KINDS if not merged[k]]
     if empty:
@@ -392,7 +315,8 @@ def _missing_hint(missing: list[str], available: Iterable[str]) -> str:
     return ""
 
 
-def _validate(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> None:
+def _validate_scores(pred: Mapping[str, float], truth: Mapping[str, float]) -> None:
+    """Scores that SROCC/PLCC are defined on: finite, a prediction per truth video, neither side constant."""
     if not truth:
         raise ScoreInputError("truth is empty")
     if not pred:
@@ -405,6 +329,15 @@ def _validate(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pair
             f"{len(missing)} of {len(truth)} truth videos have no prediction: {_listing(missing)}"
             + _missing_hint(missing, pred)
         )
+    if len(truth) < 2:
+        raise ScoreInputError(f"need at least 2 truth videos, got {len(truth)}")
+    for what, values in (("predictions", [pred[k] for k in truth]), ("truth scores", list(truth.values()))):
+        if min(values) == max(values):
+            raise ScoreInputError(f"all {what} equal {values[0]}; SROCC/PLCC are undefined")
+
+
+def _validate(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> None:
+    _validate_scores(pred, truth)
     for kind in PAIR_KINDS:
         sheet = getattr(pairs, kind)
         if not sheet:
@@ -415,11 +348,6 @@ def _validate(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pair
                 f"{kind} pairs name {len(unknown)} videos that are not in the truth file: {_listing(unknown)}"
                 + _missing_hint(unknown, truth)
             )
-    if len(truth) < 2:
-        raise ScoreInputError(f"need at least 2 truth videos, got {len(truth)}")
-    for what, values in (("predictions", [pred[k] for k in truth]), ("truth scores", list(truth.values()))):
-        if min(values) == max(values):
-            raise ScoreInputError(f"all {what} equal {values[0]}; SROCC/PLCC are undefined")
 
 
 def challenge_score(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> ChallengeScore:
@@ -441,6 +369,23 @@ def challenge_score(pred: Mapping[str, float], truth: Mapping[str, float], pairs
         rmse=metrics.rmse(p, y, mapping="linear"),
         n=len(truth),
     )
+
+
+def logistic_scores(pred: Mapping[str, float], truth: Mapping[str, float]) -> dict[str, float]:
+    """``plcc_logistic`` and ``rmse_logistic``: PLCC and RMSE after fitting the VQEG 4-parameter logistic
+    from predictions to MOS, the numbers COVER and SimpleVQA report.  Not part of the challenge's ``final``,
+    which uses the raw PLCC."""
+    _validate_scores(pred, truth)
+    y = np.array(list(truth.values()), dtype=np.float64)
+    p = np.array([pred[k] for k in truth], dtype=np.float64)
+    try:
+        mapped = metrics.map_predictions(p, y, "logistic")
+    except ValueError as e:  # the fit did not converge
+        raise ScoreInputError(str(e)) from e
+    return {
+        "plcc_logistic": float(scipy.stats.pearsonr(mapped, y)[0]),
+        "rmse_logistic": float(np.sqrt(np.mean((mapped - y) ** 2))),
+    }
 
 
 def bootstrap_ci(

@@ -8,19 +8,14 @@ prediction mappings are the two in use in the VQA literature:
   std, ``(p - mean p) / std p * std y + mean y``.  It changes RMSE only.
 * ``"logistic"``: the VQEG 4-parameter logistic ``y = b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))``,
   initialised at ``[max y, min y, mean x, 0.5]`` and fitted with ``scipy.optimize.curve_fit`` (COVER,
-  SimpleVQA).  It changes PLCC and RMSE.
-
-:func:`srocc_jax`, :func:`plcc_jax` and :func:`rankdata_jax` are jitted ``jax.numpy`` versions for use inside
-a jitted evaluation step; SROCC uses average ranks for ties (``scipy.stats.rankdata(method="average")``)
-and an optional boolean ``mask`` lets a fixed-shape, padded batch be scored without recompiling.
+  SimpleVQA).  It changes PLCC and RMSE; ``python -m kvq_jax.eval.score --logistic`` reports both.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 import scipy.special
@@ -37,11 +32,8 @@ __all__ = [
     "logistic4",
     "map_predictions",
     "plcc",
-    "plcc_jax",
-    "rankdata_jax",
     "rmse",
     "srocc",
-    "srocc_jax",
 ]
 
 
@@ -85,7 +77,9 @@ def fit_logistic4(pred: ArrayLike, truth: ArrayLike, maxfev: int = 20000) -> np.
     p, y = _pair(pred, truth)
     p0 = [float(y.max()), float(y.min()), float(p.mean()), 0.5]
     try:
-        beta, _ = scipy.optimize.curve_fit(logistic4, p, y, p0=p0, maxfev=maxfev)
+        with warnings.catch_warnings():  # "covariance could not be estimated": we use the parameters only
+            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+            beta, _ = scipy.optimize.curve_fit(logistic4, p, y, p0=p0, maxfev=maxfev)
     except RuntimeError as e:  # curve_fit signals non-convergence with RuntimeError
         raise ValueError(f"4-parameter logistic fit did not converge (maxfev={maxfev}): {e}") from e
     return np.asarray(beta, dtype=np.float64)
@@ -125,77 +119,3 @@ def correlations(pred: ArrayLike, truth: ArrayLike) -> dict[str, float]:
     """The four numbers the KVQ/DOVER trainers print: SROCC, PLCC, KROCC and RMSE after linear rescale."""
     p, y = _pair(pred, truth)
     return {"srocc": srocc(p, y), "plcc": plcc(p, y), "krocc": krocc(p, y), "rmse": rmse(p, y)}
-
-
-# --------------------------------------------------------------------------------------------------
-# jax.numpy versions (jit-compatible).
-
-
-def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
-    """At least float32; float64 only when an input already is (i.e. under ``jax.enable_x64``)."""
-    return jnp.result_type(*(a.dtype for a in arrays), jnp.float32)
-
-
-def _valid(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if x.ndim != 1:
-        raise ValueError(f"expected a 1-D array, got shape {x.shape}")
-    if mask is None:
-        return jnp.ones(x.shape, dtype=bool)
-    if mask.shape != x.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from data shape {x.shape}")
-    return mask.astype(bool)
-
-
-@jax.jit
-def rankdata_jax(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """1-based average ranks among the ``mask``-ed entries (0 elsewhere); NaN everywhere if one is NaN.
-
-    Sorting once and counting with ``searchsorted`` gives, for each value, ``#(< v)`` and ``#(<= v)``;
-    the mean of the tied ranks ``#(<v)+1 .. #(<=v)`` is their midpoint.  Masked-out entries are sorted
-    to the end as ``+inf`` and the upper count is clipped to the number of valid entries, so they never
-    enter a valid entry's rank (even one that is itself ``+inf``).
-    """
-    x = jnp.asarray(x)
-    valid = _valid(x, mask)
-    dtype = _float_dtype(x)
-    x = x.astype(dtype)
-    m = jnp.sum(valid)
-    s = jnp.sort(jnp.where(valid, x, jnp.inf))
-    below = jnp.searchsorted(s, x, side="left")
-    upto = jnp.minimum(jnp.searchsorted(s, x, side="right"), m)
-    ranks = (below + upto + 1).astype(dtype) / 2
-    has_nan = jnp.any(valid & jnp.isnan(x))
-    return jnp.where(has_nan, jnp.nan, jnp.where(valid, ranks, 0))
-
-
-def _masked_pearson(x: jax.Array, y: jax.Array, valid: jax.Array) -> jax.Array:
-    """Pearson r over the valid entries; centring first keeps float32 accurate (NaN for a constant side)."""
-    x, y = jnp.where(valid, x, 0), jnp.where(valid, y, 0)  # `where`, not `* mask`: padding may be inf/NaN
-    m = jnp.sum(valid).astype(x.dtype)
-    dx = jnp.where(valid, x - jnp.sum(x) / m, 0)
-    dy = jnp.where(valid, y - jnp.sum(y) / m, 0)
-    return jnp.sum(dx * dy) / jnp.sqrt(jnp.sum(dx * dx) * jnp.sum(dy * dy))
-
-
-@jax.jit
-def plcc_jax(pred: jax.Array, truth: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Pearson correlation (no mapping) over the ``mask``-ed entries, as a 0-d array."""
-    pred, truth = jnp.asarray(pred), jnp.asarray(truth)
-    valid = _valid(pred, mask)
-    if truth.shape != pred.shape:
-        raise ValueError(f"pred shape {pred.shape} differs from truth shape {truth.shape}")
-    dtype = _float_dtype(pred, truth)
-    return _masked_pearson(pred.astype(dtype), truth.astype(dtype), valid)
-
-
-@jax.jit
-def srocc_jax(pred: jax.Array, truth: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Spearman correlation (Pearson of average ranks) over the ``mask``-ed entries, as a 0-d array."""
-    pred, truth = jnp.asarray(pred), jnp.asarray(truth)
-    valid = _valid(pred, mask)
-    if truth.shape != pred.shape:
-        raise ValueError(f"pred shape {pred.shape} differs from truth shape {truth.shape}")
-    dtype = _float_dtype(pred, truth)
-    rp = rankdata_jax(pred, mask).astype(dtype)
-    rt = rankdata_jax(truth, mask).astype(dtype)
-    return _masked_pearson(rp, rt, valid)

@@ -2,11 +2,14 @@
 
     python -m kvq_jax.eval.score --pred prediction.csv --truth truth.csv --pairs rank-pair-val.xlsx
     python -m kvq_jax.eval.score --pred submission.zip --truth labels.csv \\
-        --pairs rank_source.csv --pairs rank_nonsource.csv --bootstrap 1000 --seed 0
+        --pairs rank_source.csv --pairs rank_nonsource.csv --bootstrap 1000 --seed 0 --logistic
 
 Prints one JSON line: ``final, srocc, plcc, rank1, rank2, krocc, rmse, n`` (``rmse`` after rescaling the
 predictions to the label mean/std; ``final`` uses raw predictions, as the official scorer), plus
-``ci95`` and ``bootstrap`` with ``--bootstrap N``.  Bad input exits with status 2 and a message on stderr.
+``ci95`` and ``bootstrap`` with ``--bootstrap N``, and ``plcc_logistic``, ``rmse_logistic`` with
+``--logistic``: PLCC and RMSE after fitting the VQEG 4-parameter logistic from predictions to MOS, as the
+COVER and SimpleVQA papers report them.  They are NOT part of ``final`` (the challenge uses the raw PLCC).
+Bad input exits with status 2 and a message on stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kvq_jax.eval.challenge import ScoreInputError, bootstrap_ci, challenge_score, read_pairs, read_scores_csv
+from kvq_jax.eval.challenge import (
+    ScoreInputError,
+    bootstrap_ci,
+    challenge_score,
+    logistic_scores,
+    read_pairs,
+    read_scores_csv,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N video-resampling replicates")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ap.add_argument(
+        "--logistic",
+        action="store_true",
+        help="also report plcc_logistic and rmse_logistic: after the VQEG 4-parameter logistic fit "
+        "(COVER/SimpleVQA papers); not part of 'final'",
+    )
     return ap
 
 
@@ -60,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         truth = read_scores_csv(args.truth, basename=args.basename)
         pairs = read_pairs(args.pairs, basename=args.basename)
         result: dict = challenge_score(pred, truth, pairs).to_dict()
+        if args.logistic:
+            result |= logistic_scores(pred, truth)
         if args.bootstrap > 0:
             ci, used = bootstrap_ci(pred, truth, pairs, n_boot=args.bootstrap, seed=args.seed)
             result["ci95"] = {k: list(v) for k, v in ci.items()}

@@ -9,8 +9,9 @@ placement and the non-detached scale term of the rank loss. ``adaptive_rank_loss
 VideoFusion team's "adaptive rank-aware loss" (NTIRE 2024 KVQ challenge report, arXiv 2404.11313); see its
 docstring for what is taken from the report and what is our choice.
 
-Every function accepts an optional ``valid`` mask ``[B]`` (bool or 0/1) so that padded examples of a
-fixed-size batch drop out exactly: with ``valid`` all true the result equals the unmasked loss.
+``plcc_loss``, ``rank_loss`` and ``adaptive_rank_loss`` accept an optional ``valid`` mask ``[B]`` (bool or
+0/1) so that padded examples of a fixed-size batch drop out exactly: with ``valid`` all true the result
+equals the unmasked loss.
 """
 
 from __future__ import annotations
@@ -171,7 +172,6 @@ def vqa_loss(
     *,
     weights: Mapping[str, float],
     group: Array | None = None,
-    valid: Array | None = None,
     arank_options: Mapping[str, Any] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Sum over branches of ``w_plcc·plcc + w_rank·rank + w_arank·adaptive_rank``, every branch vs ``y``.
@@ -203,11 +203,11 @@ def vqa_loss(
     for branch, p in preds.items():
         terms = {}
         if w["plcc"]:
-            terms["plcc"] = plcc_loss(p, y, valid)
+            terms["plcc"] = plcc_loss(p, y)
         if w["rank"]:
-            terms["rank"] = rank_loss(p, y, valid)
+            terms["rank"] = rank_loss(p, y)
         if w["arank"]:
-            terms["arank"] = adaptive_rank_loss(p, y, group, valid=valid, **opts)
+            terms["arank"] = adaptive_rank_loss(p, y, group, **opts)
         for term, value in terms.items():
             aux[f"{branch}/{term}"] = value
             total = total + w[term] * value

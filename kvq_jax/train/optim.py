@@ -9,8 +9,7 @@ whose name contains "backbone" get ``lr·backbone_lr_mult``), weight decay on ev
                         → ×(−schedule(step))
 
 The learning rate is applied once, at the end, from a single step counter, so the per-group multipliers and
-the schedule behave exactly like torch param groups sharing one ``LambdaLR`` (also across a freeze/unfreeze
-switch, see ``carry_over_state``).
+the schedule behave exactly like torch param groups sharing one ``LambdaLR``.
 
 Configuration (an ``ml_collections.ConfigDict`` or any mapping):
 
@@ -267,53 +266,6 @@ def make_optimizer(cfg: Mapping[str, Any] | Any, params: PyTree) -> optax.Gradie
     parts.append(optax.multi_transform(transforms, labels))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts)
-
-
-def carry_over_state(new_state: PyTree, old_state: PyTree) -> PyTree:
-    """Move optimiser state across a freeze → unfreeze switch (DOVER: head-only epochs, then end-to-end).
-
-    In torch the same ``AdamW``/``LambdaLR`` continue: the schedule keeps counting and params that were
-    trained keep their Adam moments, while params that were frozen (no grad) start with a fresh Adam state.
-    Here the caller builds a new optimiser for the new ``freeze`` list, ``init``s it, and passes both states:
-    the schedule step count and the state of every group whose parameter set is unchanged are taken from
-    ``old_state``; groups whose membership changed (e.g. ``backbone``, empty while frozen) stay fresh.
-    Exact for whole-group freezing (the official recipe); for a partial freeze of a group that group restarts.
-    Works on plain optax states and on the leaf-wrapped state of ``nnx.Optimizer``.
-    """
-    if not (isinstance(new_state, tuple) and isinstance(old_state, tuple)):
-        raise TypeError("carry_over_state expects the chain states produced by make_optimizer(...).init")
-
-    def find(state: tuple, cls: type) -> Any:
-        found = [s for s in state if isinstance(s, cls)]
-        if len(found) != 1:
-            raise ValueError(f"carry_over_state: expected one {cls.__name__} in the chain state, found {len(found)}")
-        return found[0]
-
-    old_part = find(old_state, optax.MultiTransformState)
-    old_sched = find(old_state, optax.ScaleByScheduleState)
-
-    def same_layout(a: Any, b: Any) -> bool:
-        if jax.tree.structure(a) != jax.tree.structure(b):
-            return False
-        return all(
-            getattr(x, "shape", None) == getattr(y, "shape", None)
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-        )
-
-    out = []
-    for s in new_state:
-        if isinstance(s, optax.MultiTransformState):
-            inner = {
-                k: old_part.inner_states[k]
-                if k in old_part.inner_states and same_layout(v, old_part.inner_states[k])
-                else v
-                for k, v in s.inner_states.items()
-            }
-            s = optax.MultiTransformState(inner)
-        elif isinstance(s, optax.ScaleByScheduleState):
-            s = old_sched
-        out.append(s)
-    return type(new_state)(out)
 
 
 # ----------------------------------------------------------------------------------------------- EMA
