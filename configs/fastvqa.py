@@ -9,9 +9,10 @@ views (fragment grid, `aligned`, temporal sampling) from the registry. Append `,
 `configs/fastvqa.py:fastvqa_m,quick`) for the short synthetic-set run.
 """
 
+from kvq_jax.models import model_names
 from kvq_jax.train.defaults import base_config, quick
 
-VARIANTS = ("fastvqa_b", "fastervqa", "fastervqa_mt", "fastervqa_ms", "fastvqa_m")
+VARIANTS = model_names("fastvqa")
 
 
 def get_config(arg: str | None = None):

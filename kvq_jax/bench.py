@@ -8,8 +8,11 @@ inputs, checked to produce the same score maps, and timed in the same process. T
 implementations are interleaved (one run of each in turn), so a change of machine load during the study
 hits every implementation alike and their ratio stays meaningful.
 
-Weights and inputs are deterministic (the ``kvq_jax.parity`` rule), never zeros. One video is one clip per
-branch (the training form; DOVER's test-time technical view has 3 clips, i.e. 3× the technical work).
+Weights and inputs are deterministic (the ``kvq_jax.parity`` rule), never zeros: uint8 views that JAX scores
+with `kvq_jax.scoring.score_views` (normalising on the device, as every tool does) and PyTorch receives
+normalised by the same `PixelNorm`. One video is one clip per branch (the training form; DOVER's test-time
+technical view has 3 clips, i.e. 3× the technical work). The training step is the trainer's own
+(`kvq_jax.train.steps.make_train_step`).
 
 Examples::
 
@@ -43,16 +46,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
 from kvq_jax.convert import convert_state_dict, to_state_dict
-from kvq_jax.data.views import preset_views
-from kvq_jax.models import MODELS, VQAModel, get_model
+from kvq_jax.models import default_model, get_model, get_spec, model_names, split_model
 from kvq_jax.parity import manifest_weights, rel_error, unit_uniform
-from kvq_jax.train.losses import vqa_loss
+from kvq_jax.scoring import score_views
 from kvq_jax.train.optim import make_optimizer
+from kvq_jax.train.state import init_state
+from kvq_jax.train.steps import make_train_step
 
 SCHEMA = "kvq_jax.bench/1"
 # The DOVER / FAST-VQA objective and optimiser (dover.yml: lr 1e-3, backbone ×0.1, wd 0.05), constant LR.
@@ -345,7 +348,7 @@ def xla_memory(compiled: Any) -> dict[str, int] | None:
 # ---------------------------------------------------------------------------------------- inputs / weights
 
 
-def reference_state_dict(model: VQAModel, seed: int) -> dict[str, np.ndarray]:
+def reference_state_dict(model: nnx.Module, seed: int) -> dict[str, np.ndarray]:
     """Deterministic official-layout weights for ``model`` (the kvq_jax.parity rule, index = key position).
 
     Unlike a fresh init (ConvNeXt layer-scale 1e-6, zero fragment biases) every tensor carries signal, so an
@@ -361,17 +364,17 @@ def reference_state_dict(model: VQAModel, seed: int) -> dict[str, np.ndarray]:
 
 
 def bench_views(model_name: str, branches: Sequence[str], batch: int, frames: int | None, seed: int):
-    """Deterministic, unit-variance, channels-last inputs (batch, T, H, W, 3) per branch (float32 numpy)."""
-    spec = MODELS[model_name]
-    presets = preset_views(spec.views)
+    """Deterministic uint8 views (batch, 1 clip, T, H, W, 3) per branch: the parity rule's uniform numbers
+    spread over 0–255."""
+    spec = get_spec(model_name)
     views = {}
     for j, branch in enumerate(spec.branches):
-        if branch not in branches:
+        if branch.name not in branches:
             continue
-        view = presets[branch]
-        h, w = view.out_hw
-        shape = (batch, frames or view.frames_per_clip, h, w, 3)
-        views[branch] = unit_uniform([seed, j], shape).astype(np.float32)
+        view = branch.view
+        shape = (batch, 1, frames or view.frames_per_clip, *view.out_hw, 3)
+        u = unit_uniform([seed, j], shape) / np.sqrt(3)  # [-1, 1)
+        views[branch.name] = np.floor((u + 1) * 128).clip(0, 255).astype(np.uint8)
     return views
 
 
@@ -398,8 +401,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def jax_infer_runner(model: VQAModel, views: Mapping[str, np.ndarray], device: jax.Device) -> tuple[Runner, dict]:
-    """Jitted eval forward; returns the runner and its score maps (numpy) for the agreement check."""
+def jax_infer_runner(model: nnx.Module, views: Mapping[str, np.ndarray], device: jax.Device) -> tuple[Runner, dict]:
+    """Jitted eval scoring of uint8 views; returns the runner and its score maps (N, T', H', W') for the
+    agreement check."""
     model.eval()
     graphdef, state = nnx.split(model)
     with jax.default_device(device):
@@ -407,7 +411,7 @@ def jax_infer_runner(model: VQAModel, views: Mapping[str, np.ndarray], device: j
         xs = jax.device_put(dict(views), device)
 
         def forward(state, xs):
-            return nnx.merge(graphdef, state)(xs)
+            return score_views(nnx.merge(graphdef, state), xs)[1]
 
         t0 = time.perf_counter()
         lowered = jax.jit(forward).lower(state, xs)
@@ -419,7 +423,7 @@ def jax_infer_runner(model: VQAModel, views: Mapping[str, np.ndarray], device: j
         jax.block_until_ready(compiled(state, xs))
 
     info = {"lower_s": lower_s, "compile_s": compile_s, "first_call_s": first_s, **_compiled_info(compiled)}
-    return Runner("jax", step, info), {k: np.asarray(v) for k, v in maps.items()}
+    return Runner("jax", step, info), {k: np.asarray(v)[:, 0] for k, v in maps.items()}
 
 
 def _compiled_info(compiled: Any) -> dict[str, Any]:
@@ -427,41 +431,27 @@ def _compiled_info(compiled: Any) -> dict[str, Any]:
 
 
 def jax_train_runner(
-    model: VQAModel, views: Mapping[str, np.ndarray], labels: np.ndarray, device: jax.Device
+    model: nnx.Module, views: Mapping[str, np.ndarray], labels: np.ndarray, device: jax.Device
 ) -> Runner:
-    """A minimal jitted training step (benchmark only): forward in train mode (dropout, drop-path), the
-    DOVER loss (Σ branches plcc + 0.3·rank of the per-video mean score), gradients, AdamW update.
-    """
+    """The trainer's jitted step (forward in train mode with dropout and drop-path, the DOVER loss Σ branches
+    plcc + 0.3·rank of the per-video mean score, gradients, AdamW update), without EMA."""
     model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats = split_model(model)
     tx = make_optimizer(OPTIMIZER, params)
-
-    def train_step(params, opt_state, key, xs, y):
-        key, dropout_key = jax.random.split(key)
-
-        def loss_fn(params):
-            maps = nnx.merge(graphdef, params, rest)(xs, rngs=nnx.Rngs(dropout=dropout_key))
-            preds = {b: s.reshape(s.shape[0], -1).mean(axis=1) for b, s in maps.items()}
-            return vqa_loss(preds, y, weights=LOSS_WEIGHTS)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, key, loss
-
+    fn = make_train_step(graphdef, tx, branches=tuple(views), loss_weights=LOSS_WEIGHTS)
+    batch = {**views, "mos": labels, "source_id": np.zeros(len(labels), np.int32)}
     with jax.default_device(device):
-        params, rest = jax.device_put((params, rest), device)
-        opt_state = tx.init(params)
-        key = jax.random.key(0)
-        xs, y = jax.device_put((dict(views), labels), device)
+        state = jax.device_put(init_state(params, stats, tx, ema=False), device)
+        batch = jax.device_put(batch, device)
         t0 = time.perf_counter()
-        lowered = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, key, xs, y)
+        lowered = jax.jit(fn, donate_argnums=0).lower(state, batch)
         lower_s = time.perf_counter() - t0
         compiled, compile_s = _timed(lowered.compile)
-    carry = [params, opt_state, key]
+    carry = [state]
 
     def step() -> float:
-        carry[0], carry[1], carry[2], loss = compiled(*carry, xs, y)
-        return float(jax.block_until_ready(loss))
+        carry[0], aux = compiled(carry[0], batch)
+        return float(jax.block_until_ready(aux["loss"]))
 
     loss, first_s = _timed(step)
     info = {"lower_s": lower_s, "compile_s": compile_s, "first_call_s": first_s, "first_loss": loss}
@@ -503,7 +493,9 @@ def torch_runners(
 
     checkpointing = args.mode == "train" and args.torch_grad_checkpoint
     tr.set_grad_checkpointing(net, checkpointing)
-    xs = {k: v.to(dev) for k, v in tr.to_torch_views(views).items()}
+    spec = get_spec(args.model)  # the official model takes clips normalised outside it, one clip per video
+    inputs = {b: spec.branch(b).pixels(v[:, 0]) for b, v in views.items()}
+    xs = {k: v.to(dev) for k, v in tr.to_torch_views(inputs).items()}
     y = torch.from_numpy(labels).to(dev)
     quiet = io.StringIO()  # the official code prints from inside some forwards
 
@@ -674,7 +666,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kvq_jax.bench", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
-    p.add_argument("--model", choices=sorted(MODELS), default="dover")
+    p.add_argument("--model", choices=model_names(), default=default_model())
     p.add_argument("--branch", default="all", help="'all' or one branch of the model (technical, aesthetic, ...)")
     p.add_argument("--batch", type=int, default=1, help="clips per step (one clip = one video)")
     p.add_argument("--frames", type=int, help="frames per clip (default: the model's clip length, 32 for DOVER)")
@@ -702,7 +694,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--tol", type=float, help="max rel. error of the score maps vs torch (default by dtype)")
     args = p.parse_args(argv)
-    branches = MODELS[args.model].branches
+    branches = get_spec(args.model).branch_names
     if args.branch != "all" and args.branch not in branches:
         p.error(f"--branch {args.branch!r}: model {args.model} has branches {list(branches)} (or 'all')")
     for name in ("batch", "repeats"):
@@ -720,10 +712,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
     dtype = jnp.dtype(args.dtype)
     load_before = list(os.getloadavg())
-    branches = MODELS[args.model].branches if args.branch == "all" else (args.branch,)
+    branches = get_spec(args.model).branch_names if args.branch == "all" else (args.branch,)
     views = bench_views(args.model, branches, args.batch, args.frames, args.seed)
     labels = bench_labels(args.batch, args.seed)
-    frames = next(iter(views.values())).shape[1]
+    frames = next(iter(views.values())).shape[2]
     if args.mode == "train" and args.batch < 2:
         print(
             "note: with --batch 1 the PLCC and rank losses are constant (zero gradients); use ≥ 2",
@@ -803,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch": args.batch,
             "frames": frames,
             "input_shapes": {k: list(v.shape) for k, v in views.items()},
+            "input_dtype": "uint8",
             "dtype": args.dtype,
             "repeats": args.repeats,
             "warmup": args.warmup,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,70 +32,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from kvq_jax.scoring import pad_batch
+
 if TYPE_CHECKING:
+    from flax import nnx
+
     from kvq_jax.data.views import ViewSpec
-    from kvq_jax.models.vqa import ModelSpec, VQAModel
 
 # The export side imports kvq_jax's model code inside its functions: `load` and `ExportedScorer` need only
 # jax and numpy, so a consumer of an exported file does not import (or need) the models.
 
-FORMAT = "kvq_jax.export/1"
+FORMAT = "kvq_jax.export/2"
 FUSED = "fused"
-_PROBE_STEP = 1e-3  # branch-score step used to read off the normalisation's coefficients
 
 
-def _logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
+def scoring_function(model: nnx.Module) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """uint8 views (b, clips, T, H, W, 3) → {branch: (b,), "fused": (b,)}; weights (and statistics) as constants.
 
-
-def sigmoid_affine(spec: ModelSpec) -> tuple[dict[str, float], float] | None:
-    """``spec.normalize`` as ``sigmoid(bias + Σ coef[b] * score[b])``, or None if it is not of that form.
-
-    The registered normalisations (DOVER's fusion, FAST-VQA's rescale) are plain-Python float functions,
-    not traceable, but all are a sigmoid of an affine function of the branch scores. The coefficients are
-    read off by evaluating the logit at 0 and at a small step along each branch, then checked at random
-    points of the usual score range, so a future non-affine normalisation is detected, not mis-exported.
-    """
-    branches = spec.branches
-
-    def logit_at(means: Mapping[str, float]) -> float:
-        return _logit(spec.normalize(means))
-
-    try:
-        zero = dict.fromkeys(branches, 0.0)
-        bias = logit_at(zero)
-        coef = {b: (logit_at({**zero, b: _PROBE_STEP}) - bias) / _PROBE_STEP for b in branches}
-        rng = np.random.default_rng(0)
-        for point in rng.uniform(-0.3, 0.3, size=(8, len(branches))):
-            means = dict(zip(branches, point.tolist(), strict=True))
-            want = logit_at(means)
-            got = bias + sum(coef[b] * means[b] for b in branches)
-            if not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6):
-                return None
-    except (ArithmeticError, KeyError, ValueError):  # log(0), missing branch key, ...
-        return None
-    return coef, bias
-
-
-def scoring_function(
-    model: VQAModel, normalization: tuple[dict[str, float], float] | None
-) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """uint8 views (b, clips, T, H, W, 3) per branch → {branch: (b,), "fused": (b,)}; weights as constants.
-
-    The branch scores are those of `kvq_jax.predict.score_maps`, the function the CLI runs.
+    The branch scores are `kvq_jax.scoring.score_views`, the function every tool runs; ``fused`` is the spec's
+    fusion, when the model has one.
     """
     from flax import nnx
 
-    from kvq_jax.predict import score_maps
+    from kvq_jax.scoring import score_views
 
     model.eval()
     graphdef, state = nnx.split(model)
+    fusion = model.spec.fusion
 
     def score(views: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        out, _ = score_maps(graphdef, state, views)
-        if normalization is not None:
-            coef, bias = normalization
-            out[FUSED] = jax.nn.sigmoid(bias + sum(coef[b] * out[b] for b in coef))
+        out, _ = score_views(nnx.merge(graphdef, state), views)
+        if fusion is not None:
+            out[FUSED] = fusion(out)
         return out
 
     return score
@@ -104,10 +71,7 @@ def scoring_function(
 
 def input_specs(views: Mapping[str, ViewSpec], batch: int | jax_export.DimSize) -> dict[str, jax.ShapeDtypeStruct]:
     """The exported function's argument: uint8 (batch, clips, T, H, W, 3) per branch."""
-    return {
-        b: jax.ShapeDtypeStruct((batch, v.num_clips, v.frames_per_clip, *v.out_hw, 3), jnp.uint8)
-        for b, v in views.items()
-    }
+    return {b: jax.ShapeDtypeStruct((batch, *v.shape), jnp.uint8) for b, v in views.items()}
 
 
 def export_function(
@@ -136,7 +100,7 @@ def export_function(
 
 
 def export_model(
-    model: VQAModel,
+    model: nnx.Module,
     views: Mapping[str, ViewSpec],
     *,
     batch: int | None = None,
@@ -144,13 +108,10 @@ def export_model(
     platforms: Sequence[str] | None = None,
 ) -> tuple[jax_export.Exported, dict]:
     """Export the model's scoring function (see :func:`export_function`) and the metadata for the JSON."""
-    from kvq_jax.data.views import MEAN, STD
-
     spec = model.spec
-    views = {b: views[b] for b in spec.branches}
-    normalization = sigmoid_affine(spec)
+    views = {b: views[b] for b in spec.branch_names}
     exported, batch, note = export_function(
-        scoring_function(model, normalization),
+        scoring_function(model),
         views,
         batch=batch,
         fallback_batch=fallback_batch,
@@ -165,23 +126,19 @@ def export_model(
         "platforms": list(exported.platforms),
         "inputs": {
             b: {
-                "shape": [size, v.num_clips, v.frames_per_clip, *v.out_hw, 3],
+                "shape": [size, *v.shape],
                 "dtype": "uint8",
                 "layout": "(batch, clips, T, H, W, RGB), channels-last, raw pixels 0-255",
                 "view": dataclasses.asdict(v),
+                "pixel_normalization": {**dataclasses.asdict(spec.branch(b).pixels), "applied": "inside"},
             }
             for b, v in views.items()
         },
         "outputs": {
-            **{b: "float32 (batch,): raw branch score, the mean of the head's score map" for b in spec.branches},
-            **({FUSED: "float32 (batch,): normalised quality in [0, 1]"} if normalization else {}),
+            **{b: "float32 (batch,): raw score, the mean of the head's score map" for b in spec.score_names},
+            **({FUSED: "float32 (batch,): normalised quality in [0, 1]"} if spec.fusion else {}),
         },
-        "pixel_normalization": {"mean": MEAN.tolist(), "std": STD.tolist(), "applied": "inside"},
-        "fused": (
-            {"form": "sigmoid(bias + sum(coef[b] * score[b]))", "coef": normalization[0], "bias": normalization[1]}
-            if normalization
-            else None
-        ),
+        "fused": spec.fusion.to_json() if spec.fusion else None,
         "jax_version": jax.__version__,
     }
     return exported, meta
@@ -239,10 +196,8 @@ class ExportedScorer:
         parts = []
         for start in range(0, n, self.batch):
             chunk = {k: np.asarray(v)[start : start + self.batch] for k, v in views.items()}
-            pad = self.batch - len(next(iter(chunk.values())))
-            if pad:
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in chunk.items()}
-            parts.append({k: np.asarray(x)[: self.batch - pad] for k, x in self._call(chunk).items()})
+            rows = len(next(iter(chunk.values())))
+            parts.append({k: np.asarray(x)[:rows] for k, x in self._call(pad_batch(chunk, self.batch)).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -259,6 +214,7 @@ def load(path: str | Path) -> ExportedScorer:
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    from kvq_jax.models import default_model
     from kvq_jax.predict import add_model_arguments, build_model, enable_compile_cache, weights_help
 
     ap = argparse.ArgumentParser(
@@ -283,7 +239,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     else:
         ap.error(f"--batch must be 'symbolic' or a positive integer, got {args.batch!r}")
     if args.weights is None and not args.random_weights:
-        print(weights_help(args.model or "dover"), file=sys.stderr)
+        print(weights_help(args.model or default_model()), file=sys.stderr)
         return 2
     enable_compile_cache(args.compile_cache)
     t0 = time.perf_counter()

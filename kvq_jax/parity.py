@@ -23,16 +23,8 @@ import numpy as np
 from flax import nnx
 
 from kvq_jax.convert import convert_state_dict
-from kvq_jax.models import abstract_model, get_spec, with_params
-
-# Official config file (basename without .yml) → registered model.
-CONFIG_MODELS = {
-    "dover": "dover",
-    "dover-mobile": "dover_mobile",
-    "fast-b": "fastvqa_b",
-    "f3dvqa-b": "fastervqa",
-    "fast-m": "fastvqa_m",
-}
+from kvq_jax.models import abstract_model, spec_for_official_config, with_state
+from kvq_jax.scoring import map_scores
 
 
 def unit_uniform(seed_words: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -61,13 +53,6 @@ def manifest_weights(manifest: list[dict], seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def case_model_name(case: dict) -> str:
-    stem = Path(case["config"]["cfg"]).name.removesuffix(".yml")
-    if stem not in CONFIG_MODELS:
-        raise ValueError(f"no kvq_jax model for official config {case['config']['cfg']!r}")
-    return CONFIG_MODELS[stem]
-
-
 def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     if ours.shape != ref.shape:
@@ -79,48 +64,47 @@ def run_case(case_path: Path, dtype=jnp.float32) -> dict:
     """Run one case; returns {"errors": {array: rel_error}, "compile_s", "forward_s", ...}."""
     case = json.loads(case_path.read_text())
     cfg = case["config"]
-    name = case_model_name(case)
-    spec = get_spec(name)
-    manifest_path = case_path.parent / f"manifest_{Path(cfg['cfg']).name.removesuffix('.yml')}.json"
+    spec = spec_for_official_config(cfg["cfg"])
+    manifest_path = case_path.parent / f"manifest_{spec.official.config_stem}.json"
     manifest = json.loads(manifest_path.read_text())
-    abstract = abstract_model(name, dtype=dtype)
-    model = with_params(abstract, convert_state_dict(manifest_weights(manifest, cfg["seed"]), abstract))
+    abstract = abstract_model(spec, dtype=dtype)
+    model = with_state(abstract, convert_state_dict(manifest_weights(manifest, cfg["seed"]), abstract))
     model.eval()
-    views = {}
+    inputs = {}
     for j, (branch, shape) in enumerate(cfg["shapes"].items()):
         x = unit_uniform([cfg["inputs_seed"], j], shape).astype(np.float32)
-        views[branch] = jnp.asarray(x.transpose(0, 2, 3, 4, 1))  # [B,C,T,H,W] → channels-last
+        inputs[branch] = jnp.asarray(x.transpose(0, 2, 3, 4, 1)[:, None])  # [B,C,T,H,W] → (B, 1 clip, T, H, W, C)
 
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def forward(state, views):
-        return nnx.merge(graphdef, state)(views, return_features=True)
+    def forward(state, inputs):
+        return map_scores(nnx.merge(graphdef, state), inputs, features=True)
 
     t0 = time.perf_counter()
-    compiled = forward.lower(state, views).compile()
+    compiled = forward.lower(state, inputs).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    maps, feats = jax.block_until_ready(compiled(state, views))
+    _, maps, feats = jax.block_until_ready(compiled(state, inputs))
     forward_s = time.perf_counter() - t0
 
     ours: dict[str, np.ndarray] = {}
     means = {}
     for branch in maps:
-        m = np.asarray(maps[branch], np.float32)
+        m = np.asarray(maps[branch], np.float32)[:, 0]
         f = np.asarray(feats[branch], np.float32)
         ours[f"{branch}_score_map"] = m[:, None]
         ours[f"{branch}_feat_channel_mean"] = f.mean(axis=(1, 2, 3))
         ours[f"{branch}_feat"] = f.transpose(0, 4, 1, 2, 3)
-        means[branch] = float(m.astype(np.float64).mean())
-    ours["branch_means"] = np.array([means[b] for b in spec.branches if b in means])
-    if name.startswith("dover"):
-        ours["fused"] = np.array(spec.normalize(means))
+        means[branch] = float(m.astype(np.float64).mean())  # map.mean().item(), as the official scripts report
+    ours["branch_means"] = np.array([means[b] for b in spec.branch_names if b in means])
+    if spec.fusion is not None and set(spec.fusion.branches) <= set(means):
+        ours["fused"] = np.asarray(spec.fusion(means), np.float64)
     ref = np.load(case_path.with_suffix(".npz"))
     errors = {k: rel_error(ours[k], ref[k]) for k in ref.files}
     return {
         "case": str(case_path),
-        "model": name,
+        "model": spec.name,
         "errors": errors,
         "compile_s": compile_s,
         "forward_s": forward_s,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import math
 import os
 import sys
@@ -42,35 +41,22 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from kvq_jax.data.decode import VideoDecodeError
-from kvq_jax.data.views import ViewSpec, normalize, preset_views, sample_views
-from kvq_jax.models import MODELS, get_model, get_spec
-from kvq_jax.models.vqa import ModelSpec, VQAModel
+from kvq_jax.data.decode import VIDEO_SUFFIXES, VideoDecodeError
+from kvq_jax.data.views import ViewSpec, sample_views
+from kvq_jax.models import ModelSpec, default_model, get_model, get_spec, model_names
+from kvq_jax.scoring import pad_batch, score_views
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".3gp")
 CHALLENGE_CHOICES = ("fused", "mean")  # plus any branch name of the model
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-_DOVER = "https://github.com/QualityAssessment/DOVER/releases/download"
-_FAST = "https://github.com/TimothyHTimothy/FAST-VQA/releases/download/v2.0.0"
-OFFICIAL_WEIGHTS: dict[str, str] = {
-    "dover": f"{_DOVER}/v0.1.0/DOVER.pth",
-    "dover_mobile": f"{_DOVER}/v0.5.0/DOVER-Mobile.pth",
-    "fastvqa_b": f"{_FAST}/FAST_VQA_B_1_4.pth",
-    "fastervqa": f"{_FAST}/FAST_VQA_3D_1_1.pth",
-    "fastervqa_mt": f"{_FAST}/FAST_VQA_3D_1_1.pth",  # FasterVQA's weights, run with shorter clips
-    "fastervqa_ms": f"{_FAST}/FAST_VQA_3D_1_1.pth",  # ... and with a 5x5 fragment grid
-    "fastvqa_m": f"{_FAST}/FAST_VQA_M_1_4.pth",
-}
 
 
 def weights_help(model: str) -> str:
     """The message shown when no weights were given: scores of an untrained model mean nothing."""
-    url = OFFICIAL_WEIGHTS.get(model, "")
-    file = url.rsplit("/", 1)[-1] or "CHECKPOINT.pth"
+    weights = get_spec(model).weights
+    file = weights.file if weights else "CHECKPOINT.pth"
     return (
         f"error: scoring needs trained weights for {model!r}; pass --weights DIR_or_FILE.\n"
-        f"  Official checkpoint: {url}\n"
+        f"  Official checkpoint: {weights.url if weights else 'none published'}\n"
         f"  Use it directly (--weights {file}, converted on every run) or convert it once:\n"
         f"    python -m kvq_jax.convert --model {model} --src {file} --out weights/{model}\n"
         f"    kvq-jax score VIDEO --weights weights/{model}\n"
@@ -92,7 +78,7 @@ class VideoItem:
 def find_videos(
     inputs: Iterable[str | os.PathLike], *, relative_to: str | os.PathLike | None = None
 ) -> list[VideoItem]:
-    """Videos named by ``inputs``: files as given, folders searched recursively for VIDEO_EXTENSIONS.
+    """Videos named by ``inputs``: files as given, folders searched recursively for VIDEO_SUFFIXES.
 
     Names are the paths as written (a folder's files as ``folder/sub/file.mp4``, POSIX separators), or
     relative to ``relative_to`` when given (e.g. the dataset root, so names read ``test/0001.mp4`` like the
@@ -107,7 +93,7 @@ def find_videos(
             found = sorted(
                 p
                 for p in arg.rglob("*")
-                if p.suffix.lower() in VIDEO_EXTENSIONS
+                if p.suffix.lower() in VIDEO_SUFFIXES
                 and not any(part.startswith(".") for part in p.relative_to(arg).parts)
                 and p.is_file()
             )
@@ -179,54 +165,36 @@ def resolve_views(
     return out
 
 
-def view_shape(spec: ViewSpec) -> tuple[int, ...]:
-    """The uint8 array one video's view has: (clips, T, H, W, 3)."""
-    return (spec.num_clips, spec.frames_per_clip, *spec.out_hw, 3)
-
-
 # ------------------------------------------------------------------------------------------------ scoring
-
-
-def score_maps(
-    graphdef: nnx.GraphDef, state: nnx.State, views: Mapping[str, jax.Array]
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """uint8 views (B, clips, T, H, W, 3) → (per-video branch scores (B,), score maps (B, clips, T', H', W')).
-
-    Pixel normalisation runs here, on the device, so only uint8 crosses the host link. A branch score is the
-    mean of its map over clips, T', H' and W' (what `video_scores` computes).
-    """
-    model = nnx.merge(graphdef, state)
-    flat = {k: normalize(v.astype(jnp.float32)).reshape(-1, *v.shape[2:]) for k, v in views.items()}
-    maps = {k: m.reshape(*views[k].shape[:2], *m.shape[1:]) for k, m in model(flat).items()}
-    scores = {k: m.reshape(m.shape[0], -1).mean(axis=1) for k, m in maps.items()}
-    return scores, maps
 
 
 class Scorer:
     """A model's scoring function, jit-compiled once for a fixed batch; smaller batches are padded."""
 
-    def __init__(self, model: VQAModel, views: Mapping[str, ViewSpec], batch_size: int):
+    def __init__(self, model: nnx.Module, views: Mapping[str, ViewSpec], batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        missing = set(model.spec.branches) - set(views)
+        missing = set(model.spec.branch_names) - set(views)
         if missing:
             raise ValueError(f"no views for branches {sorted(missing)} of {model.spec.name}")
         model.eval()
         self.spec: ModelSpec = model.spec
-        self.views = {b: views[b] for b in model.spec.branches}
+        self.views = {b: views[b] for b in model.spec.branch_names}
         self.batch_size = batch_size
         self.compile_seconds: float | None = None
         graphdef, self._state = nnx.split(model)
-        self._fn = jax.jit(functools.partial(score_maps, graphdef))
+
+        def score(state: nnx.State, views: Mapping[str, jax.Array]):
+            return score_views(nnx.merge(graphdef, state), views)
+
+        self._fn = jax.jit(score)
         self._compiled: Callable | None = None
 
     def compile(self) -> float:
         """Compile for (batch_size, *view) uint8 inputs (done by the first call otherwise); returns seconds."""
         if self._compiled is None:
             t = time.perf_counter()
-            args = {
-                b: jax.ShapeDtypeStruct((self.batch_size, *view_shape(v)), jnp.uint8) for b, v in self.views.items()
-            }
+            args = {b: jax.ShapeDtypeStruct((self.batch_size, *v.shape), jnp.uint8) for b, v in self.views.items()}
             self._compiled = self._fn.lower(self._state, args).compile()
             self.compile_seconds = time.perf_counter() - t
         return self.compile_seconds
@@ -239,31 +207,21 @@ class Scorer:
         (n,) = sizes
         if not 1 <= n <= self.batch_size:
             raise ValueError(f"batch of {n} videos; this scorer takes 1 to {self.batch_size}")
-        padded = {}
         for branch, v in views.items():
-            want = view_shape(self.views[branch])
+            want = self.views[branch].shape
             if v.shape[1:] != want or v.dtype != np.uint8:
                 raise ValueError(f"view {branch!r}: expected uint8 (n, {want}), got {v.dtype} {v.shape}")
-            pad = self.batch_size - n
-            padded[branch] = np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
         self.compile()
-        scores, maps = self._compiled(self._state, padded)
+        scores, maps = self._compiled(self._state, pad_batch(views, self.batch_size))
         return (
             {k: np.asarray(s)[:n] for k, s in scores.items()},
             {k: np.asarray(m)[:n] for k, m in maps.items()},
         )
 
 
-def normalised_score(spec: ModelSpec, branch_scores: Mapping[str, float]) -> float:
-    """``spec.normalize`` of the branch means, 0.0 where its sigmoid underflows.
-
-    The registered normalisations evaluate ``math.exp(-x)``, which raises OverflowError for x < -709, where
-    the sigmoid is below 1e-308: that limit is 0.
-    """
-    try:
-        return float(spec.normalize(branch_scores))
-    except OverflowError:
-        return 0.0
+def normalised_score(spec: ModelSpec, branch_scores: Mapping[str, float]) -> float | None:
+    """The model's [0, 1] quality (``spec.fusion``) from its branch means; None when the model defines none."""
+    return None if spec.fusion is None else float(spec.fusion(branch_scores))
 
 
 @dataclasses.dataclass
@@ -316,7 +274,8 @@ def score_videos(
     if heatmap_dir is not None:
         from kvq_jax import heatmap  # matplotlib is imported only when maps are asked for
 
-        map_branch = heatmap.heatmap_branch(scorer.views)
+        # a fragment branch that has a score map of its own (not one score from several branches)
+        map_branch = heatmap.heatmap_branch({b: v for b, v in scorer.views.items() if b in scorer.spec.score_names})
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
     results: list[VideoScore | None] = [None] * len(videos)
     pending: list[tuple[int, dict[str, np.ndarray]]] = []
@@ -333,7 +292,7 @@ def score_videos(
         scores, maps = scorer(batch)
         for j, (i, views) in enumerate(pending):
             item = videos[i]
-            branches = {b: float(scores[b][j]) for b in scorer.spec.branches}  # model order, not sorted
+            branches = {b: float(scores[b][j]) for b in scorer.spec.score_names}  # model order, not sorted
             if not all(math.isfinite(s) for s in branches.values()):
                 fail(i, f"{item.name}: non-finite score {branches}", bar)
                 continue
@@ -378,7 +337,8 @@ def score_videos(
 
 def heatmap_title(result: VideoScore) -> str:
     branches = " · ".join(f"{b} {s:+.4f}" for b, s in result.branches.items())
-    return f"{result.name}\nquality {result.fused:.3f}  ({branches} raw)"
+    quality = "" if result.fused is None else f"quality {result.fused:.3f}  "
+    return f"{result.name}\n{quality}({branches} raw)"
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -425,7 +385,8 @@ def format_single(result: VideoScore, spec: ModelSpec) -> str:
     width = max(len(b) for b in (*result.branches, "fused"))
     lines = [result.name]
     lines += [f"  {b:<{width}}  {s:+.6f}  (raw branch score)" for b, s in result.branches.items()]
-    lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  (normalised quality in [0, 1])")
+    if result.fused is not None:
+        lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  (normalised quality in [0, 1])")
     if result.heatmap is not None:
         lines.append(f"  heat-map: {result.heatmap}")
     return "\n".join(lines)
@@ -459,8 +420,8 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
     """Options shared with `kvq_jax.export`: model, weights, dtype and views."""
     ap.add_argument(
         "--model",
-        choices=sorted(MODELS),
-        help="registered model (default: the model named in a converted --weights dir, else dover)",
+        choices=model_names(),
+        help=f"registered model (default: the model named in a converted --weights dir, else {default_model()})",
     )
     ap.add_argument("--weights", metavar="DIR_or_FILE", help="converted weights dir or official checkpoint")
     ap.add_argument(
@@ -488,7 +449,7 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def build_model(args: argparse.Namespace) -> tuple[str, VQAModel, dict[str, ViewSpec]]:
+def build_model(args: argparse.Namespace) -> tuple[str, nnx.Module, dict[str, ViewSpec]]:
     """(model name, model with weights, views) from parsed `add_model_arguments` options.
 
     Raises ValueError / FileNotFoundError with a message for the user.
@@ -500,11 +461,11 @@ def build_model(args: argparse.Namespace) -> tuple[str, VQAModel, dict[str, View
     name = args.model
     if name is None and args.weights is not None and Path(args.weights).is_dir():
         name = read_meta(args.weights)["model"]
-    name = name or "dover"
-    get_spec(name)
+    name = name or default_model()
+    spec = get_spec(name)
     if args.clips is not None and args.clips < 1:
         raise ValueError(f"--clips must be >= 1, got {args.clips}")
-    views = resolve_views(preset_views(get_spec(name).views), clips=args.clips, overrides=args.view)
+    views = resolve_views(spec.views, clips=args.clips, overrides=args.view)
     dtype = DTYPES[args.dtype]
     model = get_model(name, dtype=dtype) if args.random_weights else load_model(name, args.weights, dtype=dtype)
     return name, model, views
@@ -555,7 +516,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.batch_size < 1 or args.workers < 1:
         ap.error("--batch-size and --workers must be >= 1")
     if args.weights is None and not args.random_weights:
-        print(weights_help(args.model or "dover"), file=sys.stderr)
+        print(weights_help(args.model or default_model()), file=sys.stderr)
         return 2
     try:
         videos = find_videos(args.paths, relative_to=args.relative_to)
@@ -563,16 +524,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not videos:
-        print(f"error: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {args.paths}", file=sys.stderr)
+        print(f"error: no video files ({', '.join(VIDEO_SUFFIXES)}) in {args.paths}", file=sys.stderr)
         return 2
     cache = enable_compile_cache(args.compile_cache)
     t0 = time.perf_counter()
     try:
         name, model, views = build_model(args)
         spec = model.spec
-        choices = (*CHALLENGE_CHOICES, *spec.branches)
+        choices = (*CHALLENGE_CHOICES, *spec.score_names)
         if args.challenge_score not in choices:
             raise ValueError(f"--challenge-score {args.challenge_score!r}: choose one of {list(choices)}")
+        if args.challenge_csv and args.challenge_score == "fused" and spec.fusion is None:
+            raise ValueError(f"{name} defines no normalised 'fused' score: use --challenge-score mean or a branch")
     except (ValueError, KeyError, OSError) as e:  # bad weights, views or options: one line, no traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -580,7 +543,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.random_weights:
         print(random_weights_warning(name), file=sys.stderr)
     batch = min(args.batch_size, len(videos))
-    shapes = ", ".join(f"{b} {'x'.join(map(str, view_shape(v)[:4]))}" for b, v in views.items())
+    shapes = ", ".join(f"{b} {'x'.join(map(str, v.shape[:4]))}" for b, v in views.items())
     print(
         f"{name} ({'random weights' if args.random_weights else args.weights}, {args.dtype}) on "
         f"{jax.devices()[0].platform}: {len(videos)} video(s), batch {batch}, views {shapes}"
@@ -603,11 +566,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="", encoding="utf-8") as f:
-            write_scores_csv(results, spec.branches, f)
+            write_scores_csv(results, spec.score_names, f)
     if len(videos) == 1:
         print(format_single(results[0], spec))
     elif not args.out:  # many videos and no file: the CSV goes to stdout (progress and notes are on stderr)
-        write_scores_csv(results, spec.branches, sys.stdout)
+        write_scores_csv(results, spec.score_names, sys.stdout)
     if args.challenge_csv and ok:
         Path(args.challenge_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.challenge_csv, "w", newline="", encoding="utf-8") as f:

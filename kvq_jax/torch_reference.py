@@ -35,21 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-CLONE_HINT = {
-    "dover": "git clone https://github.com/VQAssessment/DOVER",
-    "fastvqa": "git clone https://github.com/VQAssessment/FAST-VQA-and-FasterVQA",
-}
-
-# kvq_jax model → (package folder in the checkout, yml holding its model arguments, relative to the checkout).
-OFFICIAL_CONFIGS: dict[str, tuple[str, str]] = {
-    "dover": ("dover", "dover.yml"),
-    "dover_mobile": ("dover", "dover-mobile.yml"),
-    "fastvqa_b": ("fastvqa", "options/fast/fast-b.yml"),
-    "fastervqa": ("fastvqa", "options/fast/f3dvqa-b.yml"),
-    "fastervqa_mt": ("fastvqa", "options/fast/fastervqa-mt.yml"),
-    "fastervqa_ms": ("fastvqa", "options/fast/fastervqa-ms.yml"),
-    "fastvqa_m": ("fastvqa", "options/fast/fast-m.yml"),
-}
+from kvq_jax.models import get_spec
 
 
 class TorchReferenceError(RuntimeError):
@@ -187,18 +173,17 @@ def no_weight_downloads() -> Iterator[list[str]]:
 
 
 def official_config(checkout: Path, model: str) -> tuple[str, dict[str, Any]]:
-    """(package folder name, the yml's ``model`` section) for a kvq_jax model name."""
-    if model not in OFFICIAL_CONFIGS:
-        raise TorchReferenceError(
-            f"no official PyTorch config known for model {model!r}; known: {sorted(OFFICIAL_CONFIGS)}"
-        )
-    package, rel = OFFICIAL_CONFIGS[model]
+    """(package folder name, the yml's ``model`` section) for a kvq_jax model name (its spec's `official`)."""
+    official = get_spec(model).official
+    if official is None:
+        raise TorchReferenceError(f"no official PyTorch code is known for model {model!r}")
+    package, rel = official.package, official.config
     checkout = Path(checkout)
     models_init = checkout / package / "models" / "__init__.py"
     if not models_init.is_file():
         raise TorchReferenceError(
             f"{checkout} does not look like the official checkout for {model!r}: {models_init} is missing "
-            f"(get it with `{CLONE_HINT[package]}` and pass the clone's folder)"
+            f"(get it with `{official.clone_hint}` and pass the clone's folder)"
         )
     yml = checkout / rel
     if not yml.is_file():

@@ -1,7 +1,8 @@
 """Model weights on disk: orbax checkpoints written by `python -m kvq_jax.convert`, or official files.
 
-A converted checkpoint is a directory holding an orbax `params` item (the Flax param tree as a pure dict)
-and `kvq_jax.json` naming the model, so loading never guesses the architecture.
+A converted checkpoint is a directory holding an orbax `variables` item (every model variable — params and
+any BatchNorm statistics — as a pure dict) and `kvq_jax.json` naming the model, so loading never guesses the
+architecture.
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ from flax import nnx
 
 from kvq_jax.convert.checkpoint_io import read_state_dict
 from kvq_jax.convert.torch_layout import convert_state_dict
-from kvq_jax.models import abstract_model, get_model, with_params
+from kvq_jax.models import abstract_model, get_model, with_state
 from kvq_jax.models.common import Dtype
-from kvq_jax.models.vqa import VQAModel
 
 META_FILE = "kvq_jax.json"
+ITEM = "variables"
 
 
-def save_weights(model: VQAModel, out_dir: str | os.PathLike, **meta) -> Path:
-    """Write the model's params as an orbax checkpoint plus a metadata file; returns the directory."""
+def save_weights(model: nnx.Module, out_dir: str | os.PathLike, **meta) -> Path:
+    """Write the model's variables as an orbax checkpoint plus a metadata file; returns the directory."""
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(out / "params", params, force=True)
+        ckptr.save(out / ITEM, nnx.to_pure_dict(nnx.state(model)), force=True)
     (out / META_FILE).write_text(json.dumps({"model": model.spec.name, **meta}, indent=1))
     return out
 
@@ -46,34 +46,34 @@ def read_meta(path: str | os.PathLike) -> dict:
     return json.loads(meta.read_text())
 
 
-def read_params(path: str | os.PathLike, abstract: VQAModel) -> nnx.State:
-    """Concrete params for `abstract` from a converted directory or an official checkpoint file."""
+def read_variables(path: str | os.PathLike, abstract: nnx.Module) -> nnx.State:
+    """Concrete variables for `abstract` from a converted directory or an official checkpoint file."""
     path = Path(path)
     if path.is_dir():
         meta = read_meta(path)
         if meta["model"] != abstract.spec.name:
             raise ValueError(f"{path} holds weights for {meta['model']!r}, not {abstract.spec.name!r}")
-        state = nnx.state(abstract, nnx.Param)
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.to_pure_dict())
+        state = nnx.state(abstract)
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
         with ocp.StandardCheckpointer() as ckptr:
-            restored = ckptr.restore(path.absolute() / "params", target)
-        state.replace_by_pure_dict(restored)
+            restored = ckptr.restore(path.absolute() / ITEM, target)
+        nnx.replace_by_pure_dict(state, restored)
         return state
     if path.is_file():
         return convert_state_dict(read_state_dict(path), abstract)
     raise FileNotFoundError(f"{path}: no such weights directory or checkpoint file")
 
 
-def load_model(name: str, weights: str | os.PathLike | None, *, dtype: Dtype = jnp.float32) -> VQAModel:
+def load_model(name: str, weights: str | os.PathLike | None, *, dtype: Dtype = jnp.float32) -> nnx.Module:
     """A registered model with weights loaded (fresh random weights when `weights` is None)."""
     if weights is None:
         return get_model(name, dtype=dtype)
     abstract = abstract_model(name, dtype=dtype)
-    return with_params(abstract, read_params(weights, abstract))
+    return with_state(abstract, read_variables(weights, abstract))
 
 
-def params_allclose(a: VQAModel, b: VQAModel) -> bool:
-    """True if two models hold the same params (used by round-trip checks)."""
-    fa = nnx.to_flat_state(nnx.state(a, nnx.Param))
-    fb = dict(nnx.to_flat_state(nnx.state(b, nnx.Param)))
-    return all(np.array_equal(np.asarray(v[...]), np.asarray(fb[p][...])) for p, v in fa)
+def weights_allclose(a: nnx.Module, b: nnx.Module) -> bool:
+    """True if two models hold the same variables (used by round-trip checks)."""
+    fa = nnx.to_flat_state(nnx.state(a))
+    fb = dict(nnx.to_flat_state(nnx.state(b)))
+    return set(dict(fa)) == set(fb) and all(np.array_equal(np.asarray(v[...]), np.asarray(fb[p][...])) for p, v in fa)

@@ -115,7 +115,8 @@ def test_bench_writes_report_and_png(tmp_path, capsys):
     assert bench.main(argv) == 0
     rep = json.loads(out.read_text())
     assert rep["schema"] == bench.SCHEMA
-    assert rep["config"]["input_shapes"] == {"technical": [2, 4, 224, 224, 3]}
+    assert rep["config"]["input_shapes"] == {"technical": [2, 1, 4, 224, 224, 3]}
+    assert rep["config"]["input_dtype"] == "uint8"
     for key in ("cpu_model", "cores_available", "device_kind", "versions"):
         assert key in rep["host"]
     assert rep["host"]["versions"]["jax"] and len(rep["load_average"]["before"]) == 3

@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from kvq_jax.models import get_spec
-from kvq_jax.train import trainer
+from kvq_jax.train import data
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"
@@ -52,9 +52,9 @@ def _load(variant: str) -> ml_collections.ConfigDict:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_loads_and_its_views_cover_its_branches(variant):
     cfg = _load(variant)
-    specs = trainer.view_specs(cfg)
-    assert tuple(specs) == trainer.model_branches(cfg)
-    assert set(specs) <= set(get_spec(cfg.model).branches)
+    specs = data.view_specs(cfg)
+    assert tuple(specs) == data.model_branches(cfg)
+    assert set(specs) <= set(get_spec(cfg.model).branch_names)
     assert cfg.train.batch_size % 8 == 0 or cfg.train.batch_size in (1, 2, 4)
 
 
@@ -66,20 +66,20 @@ def test_overrides_reach_tuples_and_nested_fields():
         "--config.data.view_overrides.technical.clip_len=8",
     )
     assert tuple(cfg.optim.freeze) == () and cfg.sharding.fsdp == 4
-    assert trainer.view_specs(cfg)["technical"].clip_len == 8
+    assert data.view_specs(cfg)["technical"].clip_len == 8
 
 
 def test_branch_subset_selects_views_and_rejects_unknown_branches():
     cfg = _parse(f"--config={CONFIGS / 'dover.py'}", "--config.branches=('technical',)")
-    assert trainer.model_branches(cfg) == ("technical",)
-    assert list(trainer.view_specs(cfg)) == ["technical"]
+    assert data.model_branches(cfg) == ("technical",)
+    assert list(data.view_specs(cfg)) == ["technical"]
     cfg.branches = ("fragments",)
     with pytest.raises(ValueError, match="dover has"):
-        trainer.model_branches(cfg)
+        data.model_branches(cfg)
     cfg.branches = ()
     cfg.data.view_overrides = {"nope": {"clip_len": 4}}
     with pytest.raises(ValueError, match="names branch 'nope'"):
-        trainer.view_specs(cfg)
+        data.view_specs(cfg)
 
 
 def test_unknown_variant_is_refused():

@@ -18,10 +18,10 @@ from kvq_jax.convert import (
     read_state_dict,
     to_state_dict,
 )
-from kvq_jax.models import abstract_model, get_model, with_params
+from kvq_jax.models import abstract_model, get_model, with_state
 from kvq_jax.models.swin3d import relative_position_index
 from kvq_jax.parity import manifest_weights
-from kvq_jax.weights import load_model, params_allclose
+from kvq_jax.weights import load_model, weights_allclose
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 
@@ -61,7 +61,7 @@ def test_layouts_follow_pytorch(mobile):
 
 def test_every_official_key_is_used_and_round_trips(fast_m):
     model, manifest, sd = fast_m
-    back = to_state_dict(with_params(model, convert_state_dict(sd, model)))
+    back = to_state_dict(with_state(model, convert_state_dict(sd, model)))
     assert set(back) == {e["key"] for e in manifest}  # weights and index buffers, nothing more or less
     for k, v in sd.items():
         np.testing.assert_array_equal(back[k], v, err_msg=k)
@@ -129,9 +129,9 @@ def test_wrapped_module_prefixed_pth_converts(tmp_path, mobile):
     torch.save(wrapped, path)
     read = read_state_dict(path)
     assert set(read) == set(sd)
-    a = with_params(model, convert_state_dict(read, model))
-    b = with_params(model, convert_state_dict(sd, model))
-    assert params_allclose(a, b)
+    a = with_state(model, convert_state_dict(read, model))
+    b = with_state(model, convert_state_dict(sd, model))
+    assert weights_allclose(a, b)
 
 
 def test_pth_with_pickled_objects_is_refused(tmp_path):
@@ -188,9 +188,9 @@ def test_convert_cli_writes_orbax_checkpoint_that_loads(tmp_path, mobile):
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "kvq_jax.json").read_text())["model"] == "dover_mobile"
     loaded = load_model("dover_mobile", out)
-    direct = with_params(abstract_model("dover_mobile"), convert_state_dict(sd, abstract_model("dover_mobile")))
-    assert params_allclose(loaded, direct)
-    assert not params_allclose(loaded, get_model("dover_mobile", seed=5))
+    direct = with_state(abstract_model("dover_mobile"), convert_state_dict(sd, abstract_model("dover_mobile")))
+    assert weights_allclose(loaded, direct)
+    assert not weights_allclose(loaded, get_model("dover_mobile", seed=5))
     # The wrong architecture is refused by name.
     bad = subprocess.run(
         [

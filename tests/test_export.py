@@ -1,7 +1,8 @@
 """kvq_jax.export: the jax.export round trip agrees with the live scorer, at several batch sizes.
 
 FAST-VQA-M with 8-frame single-clip views and seeded weights (saved with `save_weights`) keeps it small. The
-fused score is checked against FAST-VQA-M's published sigmoid constants (models.md §2.5).
+fused score is checked against FAST-VQA-M's published sigmoid-rescale constants (the ``mean_stds`` table of vqa.py
+in VQAssessment/FAST-VQA-and-FasterVQA).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kvq_jax import export
-from kvq_jax.data.views import VIEW_PRESETS, ViewSpec
-from kvq_jax.models import get_model, get_spec
+from kvq_jax.data.views import ViewSpec
+from kvq_jax.models import get_model, get_spec, model_names
+from kvq_jax.models.fusion import SigmoidRescale
 from kvq_jax.predict import Scorer
 from kvq_jax.weights import save_weights
 
@@ -28,7 +31,7 @@ SMALL = ["--view", "clip_len=8", "--clips", "1"]
 
 
 def small_views() -> dict[str, ViewSpec]:
-    return {"fragments": dataclasses.replace(VIEW_PRESETS[MODEL]["fragments"], clip_len=8, num_clips=1)}
+    return {"fragments": dataclasses.replace(get_spec(MODEL).views["fragments"], clip_len=8, num_clips=1)}
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +54,23 @@ def test_symbolic_export_matches_the_live_scorer(weights, compile_cache, tmp_pat
     assert "batch symbolic" in capsys.readouterr().out
 
     meta = json.loads(export.meta_path(out).read_text())
+    assert meta["format"] == export.FORMAT == "kvq_jax.export/2"
     assert meta["model"] == MODEL and meta["batch"] == "symbolic" and meta["batch_note"] is None
-    assert meta["inputs"]["fragments"]["shape"] == ["b", 1, 8, 128, 128, 3]
-    assert meta["inputs"]["fragments"]["dtype"] == "uint8"
+    fragments = meta["inputs"]["fragments"]
+    assert fragments["shape"] == ["b", 1, 8, 128, 128, 3]
+    assert fragments["dtype"] == "uint8"
+    assert fragments["view"] == dataclasses.asdict(small_views()["fragments"])
+    # each input states its pixel normalisation (ImageNet statistics on 0-255), applied inside the function
+    assert fragments["pixel_normalization"] == {
+        "mean": [123.675, 116.28, 103.53],
+        "std": [58.395, 57.12, 57.375],
+        "scale": 1.0,
+        "applied": "inside",
+    }
+    assert "pixel_normalization" not in meta
     assert set(meta["outputs"]) == {"fragments", "fused"}
-    assert meta["fused"]["coef"]["fragments"] == pytest.approx(1 / FASTVQA_M_STD, rel=1e-6)
-    assert meta["fused"]["bias"] == pytest.approx(-FASTVQA_M_MEAN / FASTVQA_M_STD, rel=1e-6)
+    assert meta["fused"]["form"] == "sigmoid(sum(weight[b] * (score[b] - mean[b]) / std[b]))"
+    assert meta["fused"]["terms"] == {"fragments": {"mean": FASTVQA_M_MEAN, "std": FASTVQA_M_STD, "weight": 1.0}}
 
     scorer = export.load(out)
     assert scorer.batch is None
@@ -105,17 +119,62 @@ def test_symbolic_failure_falls_back_to_a_fixed_batch_and_the_loader_chunks(tmp_
     np.testing.assert_allclose(scorer({"fragments": x})["fragments"], want, rtol=1e-6)  # chunks 2 + 2 + 1 padded
 
 
-def test_normalisations_are_recovered_exactly():
-    """DOVER's fusion and FAST-VQA's rescale as sigmoid(bias + coef·scores), constants from models.md."""
-    coef, bias = export.sigmoid_affine(get_spec("dover"))
-    assert coef["technical"] == pytest.approx(0.6104 / 0.07355, rel=1e-7)
-    assert coef["aesthetic"] == pytest.approx(0.3896 / 0.03774, rel=1e-7)
-    assert bias == pytest.approx(-0.6104 * 0.1107 / 0.07355 + 0.3896 * 0.08285 / 0.03774, rel=1e-7)
-    coef, bias = export.sigmoid_affine(get_spec("fastvqa_b"))
-    assert coef == {"fragments": pytest.approx(1 / 0.04178565, rel=1e-7)}
-    assert bias == pytest.approx(0.110198185 / 0.04178565, rel=1e-7)
-    not_affine = dataclasses.replace(get_spec("fastvqa_m"), normalize=lambda m: min(0.9, max(0.1, m["fragments"])))
-    assert export.sigmoid_affine(not_affine) is None
+# (mean, std) of each FAST-VQA-family model's sigmoid rescale: the ``mean_stds`` table of the official vqa.py
+FASTVQA_RESCALE = {
+    "fastvqa_b": (-0.110198185, 0.04178565),
+    "fastervqa": (0.14759505, 0.03613452),
+    "fastervqa_mt": (0.14699507, 0.036453716),
+    "fastervqa_ms": (0.15218826, 0.03230298),
+    "fastvqa_m": (FASTVQA_M_MEAN, FASTVQA_M_STD),
+}
+
+
+def dover_formula(t: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """DOVER's overall score as ``fuse_results`` of evaluate_a_set_of_videos.py (VQAssessment/DOVER) writes it."""
+    return 1 / (1 + np.exp(-(0.6104 * (t - 0.1107) / 0.07355 + 0.3896 * (a + 0.08285) / 0.03774)))
+
+
+def test_fusions_are_the_official_formulas():
+    """The registered fusions hold the published constants and evaluate DOVER's fusion and FAST-VQA's rescale
+    exactly (float64), and inside a traced function in float32 as the export runs them (to float32 precision,
+    the tolerance of the exported ``fused`` above)."""
+    rng = np.random.default_rng(0)
+    t, a = rng.uniform(-0.3, 0.3, size=(2, 16))
+    for model in model_names("dover"):
+        fusion = get_spec(model).fusion
+        assert fusion == SigmoidRescale(
+            (("technical", 0.1107, 0.07355, 0.6104), ("aesthetic", -0.08285, 0.03774, 0.3896))
+        )
+        with jax.enable_x64(True):
+            got = fusion({"technical": t, "aesthetic": a})
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(np.asarray(got), dover_formula(t, a), rtol=1e-12, atol=0)
+        t32, a32 = t.astype(np.float32), a.astype(np.float32)
+        traced = jax.jit(lambda s, f=fusion: f(s))({"technical": t32, "aesthetic": a32})
+        assert traced.dtype == jnp.float32 and traced.shape == (16,)
+        np.testing.assert_allclose(
+            np.asarray(traced), dover_formula(t32.astype(np.float64), a32.astype(np.float64)), rtol=1e-5
+        )
+    assert json.loads(json.dumps(get_spec("dover").fusion.to_json())) == {
+        "form": "sigmoid(sum(weight[b] * (score[b] - mean[b]) / std[b]))",
+        "terms": {
+            "technical": {"mean": 0.1107, "std": 0.07355, "weight": 0.6104},
+            "aesthetic": {"mean": -0.08285, "std": 0.03774, "weight": 0.3896},
+        },
+    }
+
+    assert set(model_names("fastvqa")) == set(FASTVQA_RESCALE)
+    for model, (mean, std) in FASTVQA_RESCALE.items():
+        fusion = get_spec(model).fusion
+        assert fusion == SigmoidRescale((("fragments", mean, std, 1.0),)) and fusion.branches == ("fragments",)
+        with jax.enable_x64(True):
+            got = fusion({"fragments": t})
+            np.testing.assert_allclose(np.asarray(got), 1 / (1 + np.exp(-(t - mean) / std)), rtol=1e-12, atol=0)
+        t32 = t.astype(np.float32)
+        traced = jax.jit(lambda s, f=fusion: f(s))({"fragments": t32})
+        want = 1 / (1 + np.exp(-(t32.astype(np.float64) - mean) / std))
+        np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-5)
+        assert fusion.to_json()["terms"] == {"fragments": {"mean": mean, "std": std, "weight": 1.0}}
 
 
 def test_loading_needs_no_model_code():

@@ -12,11 +12,11 @@ import pytest
 
 from kvq_jax.train.optim import (
     cosine_schedule,
-    dover_schedule,
     ema_update,
     lr_at,
     make_optimizer,
     make_schedule,
+    official_schedule,
     param_labels,
     path_str,
 )
@@ -68,21 +68,21 @@ BASE = {"lr": 0.01, "weight_decay": 0.05, "schedule": "constant", "backbone_lr_m
 # ----------------------------------------------------------------------------------------------- schedules
 
 
-def test_dover_schedule_hand_values() -> None:
-    s = dover_schedule(1e-3, warmup_steps=10, total_steps=100)
+def test_official_schedule_hand_values() -> None:
+    s = official_schedule(1e-3, warmup_steps=10, total_steps=100)
     # step 0: 0/10 → 0; step 5: 5/10; step 10: 10/10 = 1 (= cosine at 0);
     # step 35: 0.5(1+cos(π·25/100)) = 0.5(1+0.70710678) = 0.85355339;
     # step 60: 0.5(1+cos(π/2)) = 0.5;  step 100 (end): 0.5(1+cos(0.9π)) = 0.5(1−0.95105652) = 0.02447174.
     for step, f in [(0, 0.0), (5, 0.5), (10, 1.0), (35, 0.85355339), (60, 0.5), (100, 0.02447174)]:
         np.testing.assert_allclose(float(s(step)), 1e-3 * f, rtol=1e-5, atol=1e-12)
     # No warm-up: cosine from the first step.
-    np.testing.assert_allclose(float(dover_schedule(1e-3, 0, 100)(0)), 1e-3, rtol=1e-7)
-    np.testing.assert_allclose(float(dover_schedule(1e-3, 0, 100)(50)), 0.5e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(official_schedule(1e-3, 0, 100)(0)), 1e-3, rtol=1e-7)
+    np.testing.assert_allclose(float(official_schedule(1e-3, 0, 100)(50)), 0.5e-3, rtol=1e-6)
 
 
-def test_dover_schedule_matches_official_lambda_everywhere() -> None:
+def test_official_schedule_matches_official_lambda_everywhere() -> None:
     warmup, total = 7, 53
-    s = dover_schedule(2e-4, warmup, total)
+    s = official_schedule(2e-4, warmup, total)
     got = np.array([float(s(i)) for i in range(total + 1)])
     want = np.array([2e-4 * dover_lambda(i, warmup, total) for i in range(total + 1)])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
@@ -105,13 +105,13 @@ def test_cosine_and_constant_schedules() -> None:
     np.testing.assert_allclose(float(make_schedule(cfg)(60)), 0.5e-3, rtol=1e-5)
     np.testing.assert_allclose(float(make_schedule({"lr": 0.1, "schedule": "constant"})(1234)), 0.1, rtol=1e-7)
     with pytest.raises(ValueError, match="warmup_steps"):
-        make_schedule({"lr": 0.1, "schedule": "dover", "total_steps": 5})
+        make_schedule({"lr": 0.1, "schedule": "official", "total_steps": 5})
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule({"lr": 0.1, "schedule": "linear"})
 
 
 def test_lr_at_for_logging() -> None:
-    cfg = {"lr": 1e-3, "schedule": "dover", "warmup_steps": 10, "total_steps": 100, "backbone_lr_mult": 0.1}
+    cfg = {"lr": 1e-3, "schedule": "official", "warmup_steps": 10, "total_steps": 100, "backbone_lr_mult": 0.1}
     np.testing.assert_allclose(lr_at(cfg, 60), 0.5e-3, rtol=1e-6)
     np.testing.assert_allclose(lr_at(cfg, 60, backbone=True), 0.5e-4, rtol=1e-6)
 
@@ -141,7 +141,7 @@ def test_first_step_is_exact_adamw_and_backbone_gets_a_tenth() -> None:
 
 def test_three_steps_match_numpy_adamw() -> None:
     params = make_params(1)
-    cfg = {**BASE, "schedule": "dover", "warmup_steps": 2, "total_steps": 10}
+    cfg = {**BASE, "schedule": "official", "warmup_steps": 2, "total_steps": 10}
     tx = make_optimizer(cfg, params)
     state = tx.init(params)
     ref = [NpAdamW(wd=0.05) for _ in jax.tree.leaves(params)]
@@ -222,7 +222,7 @@ def test_matches_torch_adamw_param_groups_and_lambdalr() -> None:
     torch = pytest.importorskip("torch")
     params = make_params(6)
     warmup, total, steps = 3, 12, 8
-    cfg = {"lr": 1e-2, "weight_decay": 0.05, "schedule": "dover", "backbone_lr_mult": 0.1}
+    cfg = {"lr": 1e-2, "weight_decay": 0.05, "schedule": "official", "backbone_lr_mult": 0.1}
     cfg |= {"warmup_steps": warmup, "total_steps": total}
     tx = make_optimizer(cfg, params)
     state = tx.init(params)

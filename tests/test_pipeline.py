@@ -13,6 +13,7 @@ from absl import flags
 from jax.sharding import PartitionSpec as P
 
 from kvq_jax.data import build, pipeline, synthetic, views
+from kvq_jax.models import get_spec
 
 TINY = {"sources": 6, "size": (96, 160), "frames": 16, "seed": 0, "workers": 1}
 # Small views keep the tests fast; the pipeline does not care about the sizes.
@@ -184,11 +185,24 @@ def test_to_global_shards_over_the_data_axis(tiny_tfds: Path) -> None:
             )
 
 
-def test_view_presets_resolve_to_train_and_test_forms() -> None:
-    test_time = pipeline.resolve_views("dover")
-    train = pipeline.resolve_views("dover", train=True)
+def test_resolve_views_copies_a_models_views_and_forces_clips() -> None:
+    spec = get_spec("dover")
+    test_time = pipeline.resolve_views(spec.views)
+    train = pipeline.resolve_views(spec.train_views)
+    assert test_time == spec.views and list(test_time) == ["technical", "aesthetic"]
     assert test_time["technical"].num_clips == 3 and train["technical"].num_clips == 1
-    assert {k: v.num_clips for k, v in pipeline.resolve_views("dover", 4).items()} == {"technical": 4, "aesthetic": 4}
-    assert pipeline.view_shapes(train) == {"technical": (1, 32, 224, 224, 3), "aesthetic": (1, 32, 224, 224, 3)}
-    with pytest.raises(KeyError, match="unknown view preset"):
-        pipeline.resolve_views("nope")
+    assert {k: v.num_clips for k, v in pipeline.resolve_views(spec.views, 4).items()} == {
+        "technical": 4,
+        "aesthetic": 4,
+    }
+    assert {k: v.shape for k, v in train.items()} == {
+        "technical": (1, 32, 224, 224, 3),
+        "aesthetic": (1, 32, 224, 224, 3),
+    }
+    forced = pipeline.resolve_views(SPEC, 2)  # any mapping; the input is copied, never changed
+    assert forced is not SPEC and {k: v.num_clips for k, v in SPEC.items()} == {"technical": 1, "aesthetic": 1}
+    assert {k: v.shape for k, v in forced.items()} == {"technical": (2, 8, 64, 64, 3), "aesthetic": (2, 8, 48, 48, 3)}
+    copied = pipeline.resolve_views(SPEC)
+    assert copied == SPEC and copied is not SPEC
+    with pytest.raises(ValueError, match="no view branches"):
+        pipeline.resolve_views({})

@@ -1,9 +1,10 @@
 """`kvq-jax score` (kvq_jax.predict), its CSVs and heat-maps, and the `kvq-jax` dispatcher.
 
 The model runs as FAST-VQA-M with 8-frame single-clip views (``--view clip_len=8 --clips 1``) and seeded
-weights saved with `save_weights`, so one compilation serves the CLI runs. Scores are checked against
-`video_scores` run directly on views sampled here, and `fused` against FAST-VQA-M's published sigmoid
-constants (models.md §2.5), not against the CLI's own code path.
+weights saved with `save_weights`, so one compilation serves the CLI runs. Scores are checked against the
+model's forward (`kvq_jax.scoring.map_scores`) on views sampled and normalised here with the ImageNet statistics
+written out in this file, and `fused` against FAST-VQA-M's published sigmoid-rescale constants (the ``mean_stds``
+table of vqa.py in VQAssessment/FAST-VQA-and-FasterVQA), not against the CLI's own code path.
 """
 
 from __future__ import annotations
@@ -23,29 +24,35 @@ import pytest
 from PIL import Image
 
 from kvq_jax import cli, predict
-from kvq_jax.data.views import VIEW_PRESETS, ViewSpec, normalize, sample_views
+from kvq_jax.data.views import ViewSpec, sample_views
 from kvq_jax.eval.challenge import read_scores_csv
 from kvq_jax.heatmap import cell_decimals, cell_text, frame_picks, heatmap_path, render_heatmap
-from kvq_jax.models import get_model, video_scores
+from kvq_jax.models import get_model, get_spec
 from kvq_jax.predict import (
     VideoScore,
     challenge_value,
     find_videos,
+    format_single,
+    normalised_score,
     resolve_views,
     write_challenge_csv,
     write_scores_csv,
 )
+from kvq_jax.scoring import map_scores
 from kvq_jax.weights import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, SEED, WEIGHT_SEED = "fastvqa_m", 5, 7
-FASTVQA_M_MEAN, FASTVQA_M_STD = 0.023889644, 0.030781006  # FAST-VQA vqa.py table (models.md §2.5)
+FASTVQA_M_MEAN, FASTVQA_M_STD = 0.023889644, 0.030781006  # "FAST-VQA-M" in vqa.py's mean_stds table
+# ImageNet statistics on the 0-255 scale, as the official inference scripts normalise every view
+IMAGENET_MEAN = np.float32([123.675, 116.28, 103.53])
+IMAGENET_STD = np.float32([58.395, 57.12, 57.375])
 SMALL = ["--view", "clip_len=8", "--clips", "1"]
 HEIGHT, WIDTH, FRAMES = 144, 176, 24
 
 
 def small_views() -> dict[str, ViewSpec]:
-    return {"fragments": dataclasses.replace(VIEW_PRESETS[MODEL]["fragments"], clip_len=8, num_clips=1)}
+    return {"fragments": dataclasses.replace(get_spec(MODEL).views["fragments"], clip_len=8, num_clips=1)}
 
 
 def encode(path: Path, frames: np.ndarray) -> None:
@@ -111,12 +118,13 @@ def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def direct_scores(model, paths: list[Path], seed: int | None) -> np.ndarray:
-    """`video_scores` on views sampled here: a fresh default_rng(seed) per video, as documented."""
+    """The model's forward on views sampled here (a fresh default_rng(seed) per video, as documented) and
+    normalised here: `map_scores` averages each video's score map over clips, T', H' and W'."""
     views = small_views()
     clips = [sample_views(p, views, None if seed is None else np.random.default_rng(seed))["fragments"] for p in paths]
     model.eval()
-    batch = {"fragments": jnp.asarray(normalize(np.stack(clips).astype(np.float32)))}
-    return np.asarray(jax.jit(lambda v: video_scores(model, v))(batch)["fragments"])
+    batch = {"fragments": jnp.asarray((np.stack(clips).astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)}
+    return np.asarray(jax.jit(lambda v: map_scores(model, v)[0])(batch)["fragments"])
 
 
 def sigmoid_rescale(raw: float) -> float:
@@ -164,6 +172,24 @@ def test_folder_scores_match_direct_computation(media, weights, compile_cache, t
             pixels = np.asarray(im.convert("RGB")).astype(float)
         assert pixels.std() > 20  # a picture, not a blank canvas
     assert len(list(maps.glob("*.png"))) == 3
+
+
+def test_av1_and_16px_videos_are_scored(weights, compile_cache, tmp_path):
+    """Videos decord cannot read (AV1; a 16-px-wide H.264 clip) are decoded by PyAV and scored like any other."""
+    from videos import clip as pattern_clip
+    from videos import encode_video
+
+    model, weights_dir = weights
+    rng = np.random.default_rng(1)
+    av1 = encode_video(tmp_path / "short_av1.mp4", synthetic_clip("gradient", rng)[:12], "libsvtav1")
+    tiny = encode_video(tmp_path / "tiny_16px.mp4", pattern_clip(12, 16, 16))
+    out = tmp_path / "scores.csv"
+    args = [str(av1), str(tiny), "--model", MODEL, "--weights", str(weights_dir), "--out", str(out)]
+    assert run_cli(args, compile_cache) == 0
+    _, rows = read_rows(out)
+    assert [r["error"] for r in rows] == ["", ""]
+    got = np.array([float(r["fragments"]) for r in rows])
+    np.testing.assert_allclose(got, direct_scores(model, [av1, tiny], None), rtol=1e-5, atol=1e-7)
 
 
 def test_single_file_centred_views_are_deterministic(media, weights, compile_cache, tmp_path, capsys):
@@ -252,12 +278,13 @@ def test_find_videos_keeps_a_file_once(media):
 
 
 def test_resolve_views_clips_and_overrides():
-    dover = VIEW_PRESETS["dover"]
+    dover = get_spec("dover").views
     views = resolve_views(dover, clips=2, overrides=["clip_len=8", "aesthetic.t_frag=8", "technical.aligned=8"])
     assert views["technical"].num_clips == 2 and views["aesthetic"].num_clips == 1  # --clips: fragments only
     assert views["technical"].clip_len == views["aesthetic"].clip_len == 8
     assert views["aesthetic"].t_frag == 8 and views["technical"].aligned == 8
-    assert dover["technical"].clip_len == 32  # the preset is untouched
+    assert dover["technical"].clip_len == 32  # the model's views are untouched
+    assert get_spec("dover").views == dover
     with pytest.raises(ValueError, match="unknown view field 'clip'"):
         resolve_views(dover, overrides=["clip=8"])
     with pytest.raises(ValueError, match="no branch 'fragments'"):
@@ -299,6 +326,23 @@ def test_challenge_csv_is_readable_by_the_scorer(tmp_path, choice, expected):
         assert write_challenge_csv(two_branch_results(), choice, f) == 2  # the failed video is left out
     assert read_scores_csv(path) == pytest.approx(expected)
     assert challenge_value(two_branch_results()[0], "technical") == 0.25
+
+
+def test_normalised_score_is_the_published_rescale():
+    """``fused`` from the branch means: FAST-VQA-M's ``sigmoid((s - mean) / std)``, DOVER's weighted fusion
+    (``fuse_results`` of evaluate_a_set_of_videos.py in VQAssessment/DOVER), None for a model without one."""
+    for raw in (-0.2, -0.01, 0.0, FASTVQA_M_MEAN, 0.05, 0.1):
+        assert normalised_score(get_spec(MODEL), {"fragments": raw}) == pytest.approx(sigmoid_rescale(raw), rel=1e-9)
+    assert normalised_score(get_spec(MODEL), {"fragments": -100.0}) == 0.0  # the sigmoid's limits, no overflow
+    assert normalised_score(get_spec(MODEL), {"fragments": 100.0}) == 1.0
+    for t, a in ((0.1107, -0.08285), (0.25, -0.05), (-0.1, 0.3)):
+        x = 0.6104 * (t - 0.1107) / 0.07355 + 0.3896 * (a + 0.08285) / 0.03774
+        dover = normalised_score(get_spec("dover"), {"technical": t, "aesthetic": a})
+        assert dover == pytest.approx(1.0 / (1.0 + math.exp(-x)), rel=1e-9)
+    no_fusion = dataclasses.replace(get_spec(MODEL), fusion=None)
+    assert normalised_score(no_fusion, {"fragments": 0.1}) is None
+    shown = format_single(VideoScore("v.mp4", Path("v.mp4"), {"fragments": 0.1}, None), no_fusion)
+    assert shown.splitlines() == ["v.mp4", "  fragments  +0.100000  (raw branch score)"]
 
 
 def test_frame_picks_and_cell_decimals():

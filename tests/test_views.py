@@ -6,25 +6,26 @@ import dataclasses
 from pathlib import Path
 
 import av
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kvq_jax.data.decode import VideoDecodeError, decode_frames, num_frames
 from kvq_jax.data.views import (
-    MEAN,
-    STD,
-    VIEW_PRESETS,
+    IMAGENET_255,
+    PixelNorm,
     ViewSpec,
     fragment_grid,
     make_view,
-    normalize,
-    preset_views,
     resize_view,
     sample_frame_indices,
     sample_views,
     spatial_fragments,
-    train_views,
 )
+from kvq_jax.models import get_spec, model_names
+
+DOVER_VIEWS = get_spec("dover").views  # test-time views: technical 3x32 fragment frames, aesthetic 32 resized
 
 # ------------------------------------------------------------------------------------------ temporal sampler
 
@@ -55,7 +56,7 @@ def test_sampler_seeded_offsets_cover_their_range_and_stay_inside():
 
 def test_sampler_dover_technical_three_clips():
     # DOVER technical at test: Sampler(32, 3, 2) on 300 frames: L=100, span 64, centred offset 18.
-    spec = VIEW_PRESETS["dover"]["technical"]
+    spec = DOVER_VIEWS["technical"]
     idx = sample_frame_indices(300, spec, None).reshape(3, 32)
     for clip, start in enumerate([18, 118, 218]):
         np.testing.assert_array_equal(idx[clip], start + 2 * np.arange(32))
@@ -78,7 +79,7 @@ def test_sampler_t_frag_fresh_offsets_per_clip():
 
 def test_sampler_dover_aesthetic_one_frame_per_segment():
     # Sampler(1, 32, 2): 300 frames -> L=9, span 2, centred offset (9-2)//2 = 3.
-    spec = VIEW_PRESETS["dover"]["aesthetic"]
+    spec = DOVER_VIEWS["aesthetic"]
     np.testing.assert_array_equal(sample_frame_indices(300, spec, None), 9 * np.arange(32) + 3)
 
 
@@ -87,15 +88,15 @@ def test_sampler_wraps_short_videos():
     np.testing.assert_array_equal(sample_frame_indices(10, spec, None), [0, 2, 4, 6, 8, 0, 2, 4])
     np.testing.assert_array_equal(sample_frame_indices(10, spec, np.random.default_rng(0)), [0, 2, 4, 6, 8, 0, 2, 4])
     # 5 frames, 32 segments: every segment is empty (L=0), so all 32 samples are frame 0.
-    np.testing.assert_array_equal(sample_frame_indices(5, VIEW_PRESETS["dover"]["aesthetic"], None), [0] * 32)
+    np.testing.assert_array_equal(sample_frame_indices(5, DOVER_VIEWS["aesthetic"], None), [0] * 32)
     # 3 segments over 40 frames: L=13 < 64, offsets 0, wrap mod 40.
-    idx = sample_frame_indices(40, VIEW_PRESETS["dover"]["technical"], None).reshape(3, 32)
+    idx = sample_frame_indices(40, DOVER_VIEWS["technical"], None).reshape(3, 32)
     np.testing.assert_array_equal(idx[1, :16], (13 + 2 * np.arange(16)) % 40)
 
 
 def test_sampler_rejects_empty_video():
     with pytest.raises(ValueError, match="num_frames"):
-        sample_frame_indices(0, VIEW_PRESETS["dover"]["technical"], None)
+        sample_frame_indices(0, DOVER_VIEWS["technical"], None)
 
 
 # ------------------------------------------------------------------------------------------ fragments
@@ -177,7 +178,9 @@ def test_fragments_single_frame_and_small_cells():
 
 
 def test_fragments_upscale_uses_the_pre_upscale_grid():
-    """64x96 video: upscaled x3.5 to 224x336, but sampled on the 64x96 grid (official bug, models.md §0.3).
+    """64x96 video: upscaled x3.5 to 224x336, but sampled on the 64x96 grid (the official bug: DOVER's
+    ``get_spatial_fragments`` in dover/datasets/basic_datasets.py lays out ``hgrids`` / ``wgrids`` and the cell
+    sizes from ``res_h, res_w`` read before the upscale).
 
     Channel 0 is 3*row and channel 1 is 2*col, so after bilinear upscaling the pixel at upscaled (y, x) holds
     3*s(y) and 2*s(x) with s(u) = clip((u + 0.5)/3.5 - 0.5, 0, 63) (then truncated to uint8); channel 2 is a
@@ -202,9 +205,26 @@ def test_fragments_upscale_uses_the_pre_upscale_grid():
     assert abs(view[0, 32, 0, 0] - 3 * ((32 + 0.5) / 3.5 - 0.5)) > 10
 
 
-def test_fragments_reject_tiny_videos_and_misaligned_clips():
-    with pytest.raises(ValueError, match="smaller than one 32x32 fragment"):
-        spatial_fragments(np.zeros((2, 20, 96, 3), np.uint8), FRAG_SPEC, None)
+def test_videos_smaller_than_a_fragment_are_fragmented_on_the_upscaled_frames():
+    """20 rows < one 32-px fragment: the official pre-upscale grid would start at row 20 - 32 < 0, so the grid is
+    laid out on the upscaled 224×1075 frames (factor 224/20 = 11.2): rows 32·i, columns 153·j + 60 (centred)."""
+    height, width = 20, 96
+    video = np.zeros((2, height, width, 3), np.uint8)
+    video[..., 0] = 10 * np.arange(height)[:, None]
+    video[..., 1] = 2 * np.arange(width)[None, :]
+    view = spatial_fragments(video, FRAG_SPEC, None).astype(np.float64)
+    assert view.shape == (2, 224, 224, 3)
+    rows = np.repeat(32 * np.arange(7), 32) + np.tile(np.arange(32), 7)
+    cols = np.repeat(153 * np.arange(7) + 60, 32) + np.tile(np.arange(32), 7)
+    factor = 224 / height
+    src_rows = np.clip((rows + 0.5) / factor - 0.5, 0, height - 1)
+    src_cols = np.clip((cols + 0.5) / factor - 0.5, 0, width - 1)
+    for t in range(2):
+        assert np.abs(view[t, ..., 0] - 10 * src_rows[:, None]).max() <= 1.0
+        assert np.abs(view[t, ..., 1] - 2 * src_cols[None, :]).max() <= 1.0
+
+
+def test_fragments_reject_misaligned_clips():
     with pytest.raises(ValueError, match="aligned=2"):
         spatial_fragments(np.zeros((3, 64, 96, 3), np.uint8), FRAG_SPEC, None)
 
@@ -328,9 +348,10 @@ def ramp_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sample_views_dover_shapes_and_clip_split(ramp_clip):
-    views = sample_views(ramp_clip, VIEW_PRESETS["dover"], None)
+    views = sample_views(ramp_clip, DOVER_VIEWS, None)
     assert views["technical"].shape == (3, 32, 224, 224, 3)
     assert views["aesthetic"].shape == (1, 32, 224, 224, 3)
+    assert {k: v.shape for k, v in views.items()} == {k: v.shape for k, v in DOVER_VIEWS.items()}
     assert all(v.dtype == np.uint8 for v in views.values())
     # technical: 3 segments of L=16 frames (too short for 32 frames at stride 2: offset 0, wrap mod 48)
     means = views["technical"].reshape(3, 32, -1).mean(axis=-1)
@@ -342,7 +363,7 @@ def test_sample_views_dover_shapes_and_clip_split(ramp_clip):
 
 
 def test_sample_views_equals_decode_then_make_view(ramp_clip):
-    views = train_views("dover")
+    views = get_spec("dover").train_views
     got = sample_views(ramp_clip.read_bytes(), views, np.random.default_rng(4), name="ramp.mp4")
     rng = np.random.default_rng(4)
     total = num_frames(ramp_clip)
@@ -366,18 +387,18 @@ def test_make_view_with_order_equals_gathered_frames(hw):
 
 def test_sample_views_reports_unreadable_videos():
     with pytest.raises(VideoDecodeError, match=r"^clip_0042\.mp4: cannot open"):
-        sample_views(np.random.default_rng(0).bytes(2048), VIEW_PRESETS["dover"], None, name="clip_0042.mp4")
+        sample_views(np.random.default_rng(0).bytes(2048), DOVER_VIEWS, None, name="clip_0042.mp4")
 
 
 def test_make_view_checks_frame_count():
     with pytest.raises(ValueError, match="needs 96 frames"):
-        make_view(np.zeros((32, 64, 64, 3), np.uint8), VIEW_PRESETS["dover"]["technical"], None)
+        make_view(np.zeros((32, 64, 64, 3), np.uint8), DOVER_VIEWS["technical"], None)
 
 
-# -------------------------------------------------------------------------------------- normalize, presets
+# ------------------------------------------------------------------------------------ pixel normalisation
 
 
-def test_normalize_values_numpy_and_jax():
+def test_imagenet_255_values_numpy_and_jax():
     pixels = np.array([[[0, 255, 128], [124, 116, 104]]], np.uint8)
     expected = np.array(
         [
@@ -387,21 +408,53 @@ def test_normalize_values_numpy_and_jax():
             ]
         ]
     )
-    out = normalize(pixels)
-    assert out.dtype == np.float32 and out.shape == pixels.shape
+    out = IMAGENET_255(pixels)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == pixels.shape
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[0, 0], [-2.1179039, 2.4285714, 0.4264924], rtol=1e-6)
-    import jax.numpy as jnp  # a runtime dependency: the trainer normalises on device
+    # scale 1.0 is skipped: exactly the float32 (x - mean) / std
+    mean, std = np.float32([123.675, 116.28, 103.53]), np.float32([58.395, 57.12, 57.375])
+    np.testing.assert_array_equal(out, (pixels.astype(np.float32) - mean) / std)
 
-    out_jax = normalize(jnp.asarray(pixels))
-    assert out_jax.dtype == jnp.float32
+    out_jax = IMAGENET_255(jnp.asarray(pixels))  # the same object normalises on device (scoring, export)
+    assert isinstance(out_jax, jax.Array) and out_jax.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out_jax), expected, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(MEAN, np.float32([123.675, 116.28, 103.53]))
-    np.testing.assert_array_equal(STD, np.float32([58.395, 57.12, 57.375]))
+    # ImageNet statistics on the 0-255 scale: the mean / std both official repositories apply to every view
+    assert IMAGENET_255 == PixelNorm((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), scale=1.0)
+    assert IMAGENET_255.mean == (123.675, 116.28, 103.53) and IMAGENET_255.std == (58.395, 57.12, 57.375)
+    assert IMAGENET_255.scale == 1.0
 
 
-# (fragments_h, fsize, aligned, clip_len, frame_interval, num_clips, t_frag) from the official ymls
-PRESET_TABLE = {
+def test_pixel_norm_scale_applies_before_the_statistics():
+    """``(x · scale − mean) / std`` per channel, computed in float32 (no uint8 wrap-around), on numpy and jax."""
+    unit = PixelNorm(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0), scale=1 / 255)  # 0-1 statistics, 0-255 pixels
+    pixels = np.array([[[255, 0, 51], [0, 255, 255]]], np.uint8)
+    # (1 - 0.5) / 0.5 = 1, (0 - 0.25) / 0.25 = -1, (0.2 - 0) / 2 = 0.1; (0 - 0.5) / 0.5 = -1, (1 - 0.25) / 0.25 = 3,
+    # (1 - 0) / 2 = 0.5
+    expected = [[[1.0, -1.0, 0.1], [-1.0, 3.0, 0.5]]]
+    for x in (pixels, jnp.asarray(pixels)):
+        out = unit(x)
+        assert out.dtype == np.float32 and out.shape == pixels.shape
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-7)
+    doubled = PixelNorm((10.0, 20.0, 30.0), (2.0, 4.0, 5.0), scale=2.0)
+    # [5, 10, 20] * 2 = [10, 20, 40] -> [0, 0, 2]; [0, 255, 1] * 2 = [0, 510, 2] -> [-5, 122.5, -5.6]
+    pixels = np.array([[5, 10, 20], [0, 255, 1]], np.uint8)
+    for x in (pixels, jnp.asarray(pixels)):
+        out = doubled(x)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(np.asarray(out), [[0.0, 0.0, 2.0], [-5.0, 122.5, -5.6]], rtol=1e-6, atol=1e-7)
+    # frozen, hashable data (a spec holding it is static data of the jitted model)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        doubled.scale = 1.0  # type: ignore[misc]
+    assert hash(doubled) == hash(PixelNorm((10.0, 20.0, 30.0), (2.0, 4.0, 5.0), scale=2.0))
+
+
+# ------------------------------------------------------------------------------ registered models' views
+
+# (fragments_h, fsize, aligned, clip_len, frame_interval, num_clips, t_frag) of each model's fragment view, as its
+# official yml's test-time data section sets them (VQAssessment/DOVER dover.yml and dover-mobile.yml, whose data
+# sections are identical; VQAssessment/FAST-VQA-and-FasterVQA options/fast/*.yml)
+FRAGMENT_VIEWS = {
     ("dover", "technical"): (7, 32, 32, 32, 2, 3, None),
     ("dover_mobile", "technical"): (7, 32, 32, 32, 2, 3, None),
     ("fastvqa_b", "fragments"): (7, 32, 32, 32, 2, 4, None),
@@ -410,43 +463,81 @@ PRESET_TABLE = {
     ("fastervqa_ms", "fragments"): (5, 32, 8, 32, 2, 1, 8),
     ("fastvqa_m", "fragments"): (4, 32, 8, 16, 2, 4, None),
 }
+OFFICIAL_CONFIGS = {
+    "dover": "dover.yml",
+    "dover_mobile": "dover-mobile.yml",
+    "fastvqa_b": "options/fast/fast-b.yml",
+    "fastervqa": "options/fast/f3dvqa-b.yml",
+    "fastervqa_mt": "options/fast/fastervqa-mt.yml",
+    "fastervqa_ms": "options/fast/fastervqa-ms.yml",
+    "fastvqa_m": "options/fast/fast-m.yml",
+}
 
 
-def test_presets_match_the_official_ymls():
-    for (preset, branch), (grid, fsize, aligned, clip_len, interval, clips, t_frag) in PRESET_TABLE.items():
-        spec = VIEW_PRESETS[preset][branch]
-        assert spec.kind == "fragments"
-        assert (spec.fragments_h, spec.fragments_w, spec.fsize_h, spec.fsize_w) == (grid, grid, fsize, fsize)
-        assert (spec.aligned, spec.clip_len, spec.frame_interval, spec.num_clips, spec.t_frag) == (
+def test_registered_views_match_the_official_ymls():
+    assert model_names("dover") == ("dover", "dover_mobile")
+    assert model_names("fastvqa") == ("fastvqa_b", "fastervqa", "fastervqa_mt", "fastervqa_ms", "fastvqa_m")
+    assert {m for m, _ in FRAGMENT_VIEWS} == set(OFFICIAL_CONFIGS) == {*model_names("dover"), *model_names("fastvqa")}
+    for (model, branch), (grid, fsize, aligned, clip_len, interval, clips, t_frag) in FRAGMENT_VIEWS.items():
+        spec = get_spec(model)
+        view = spec.views[branch]
+        assert spec.branch(branch).view == view
+        assert view.kind == "fragments"
+        assert (view.fragments_h, view.fragments_w, view.fsize_h, view.fsize_w) == (grid, grid, fsize, fsize)
+        assert (view.aligned, view.clip_len, view.frame_interval, view.num_clips, view.t_frag) == (
             aligned,
             clip_len,
             interval,
             clips,
             t_frag,
         )
-    for preset in ("dover", "dover_mobile"):
-        aesthetic = VIEW_PRESETS[preset]["aesthetic"]
+    for model in model_names("dover"):
+        spec = get_spec(model)
+        assert spec.branch_names == ("technical", "aesthetic") and list(spec.views) == list(spec.branch_names)
+        aesthetic = spec.views["aesthetic"]
         assert aesthetic == ViewSpec("resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1)
         assert (aesthetic.size_h, aesthetic.size_w) == (224, 224)
-    assert set(VIEW_PRESETS) == {p for p, _ in PRESET_TABLE}
-    assert VIEW_PRESETS["fastervqa_ms"]["fragments"].out_hw == (160, 160)
-    assert VIEW_PRESETS["fastvqa_m"]["fragments"].out_hw == (128, 128)
-    assert VIEW_PRESETS["fastvqa_m"]["fragments"].total_frames == 64
+    for model in model_names("fastvqa"):
+        assert get_spec(model).branch_names == ("fragments",)
+    for model, config in OFFICIAL_CONFIGS.items():
+        spec = get_spec(model)
+        assert spec.official is not None and spec.official.config == config
+        # both official repositories normalise every view with the 0-255 ImageNet statistics
+        assert all(b.pixels == IMAGENET_255 for b in spec.branches)
+    assert get_spec("fastervqa_ms").views["fragments"].out_hw == (160, 160)
+    assert get_spec("fastvqa_m").views["fragments"].out_hw == (128, 128)
+    assert get_spec("fastvqa_m").views["fragments"].total_frames == 64
+
+
+def test_viewspec_shape_is_one_videos_uint8_view():
+    assert DOVER_VIEWS["technical"].shape == (3, 32, 224, 224, 3)
+    assert DOVER_VIEWS["aesthetic"].shape == (1, 32, 224, 224, 3)
+    assert get_spec("fastvqa_m").views["fragments"].shape == (4, 16, 128, 128, 3)
+    assert get_spec("fastervqa_mt").views["fragments"].shape == (1, 16, 224, 224, 3)
+    assert get_spec("fastervqa_ms").views["fragments"].shape == (1, 32, 160, 160, 3)
+    # t_frag form: (clip_len // t_frag) * t_frag = (10 // 4) * 4 = 8 frames per clip
+    assert ViewSpec("resize", clip_len=10, t_frag=4, num_clips=2, size_h=40, size_w=56).shape == (2, 8, 40, 56, 3)
+    video = np.zeros((16, 40, 60, 3), np.uint8)
+    for spec in (ViewSpec("resize", clip_len=10, t_frag=4, num_clips=2, size_h=40, size_w=56), FRAG_SPEC):
+        assert make_view(video[: spec.total_frames], spec, None).shape == spec.shape
 
 
 def test_train_views_force_one_clip():
-    for preset in VIEW_PRESETS:
-        train = train_views(preset)
-        assert all(spec.num_clips == 1 for spec in train.values())
-        for branch, spec in train.items():
-            assert (
-                dataclasses.replace(spec, num_clips=VIEW_PRESETS[preset][branch].num_clips)
-                == (VIEW_PRESETS[preset][branch])
-            )
-    assert train_views("dover")["technical"].total_frames == 32
-    assert preset_views("dover") == VIEW_PRESETS["dover"] and preset_views("dover") is not VIEW_PRESETS["dover"]
-    with pytest.raises(KeyError, match="known"):
-        train_views("dover_plus_plus")
+    for model in model_names():
+        spec = get_spec(model)
+        train = spec.train_views
+        assert list(train) == list(spec.branch_names)
+        assert all(view.num_clips == 1 for view in train.values())
+        for branch, view in train.items():
+            assert dataclasses.replace(view, num_clips=spec.views[branch].num_clips) == spec.views[branch]
+    spec = get_spec("dover")
+    assert spec.train_views["technical"].total_frames == 32
+    views = spec.views
+    assert views == DOVER_VIEWS and views is not spec.views  # a fresh dict on every call
+    views["technical"] = views["aesthetic"]
+    assert spec.views["technical"].kind == "fragments"  # changing the copy leaves the spec alone
+    with pytest.raises(ValueError, match="unknown model 'dover_plus_plus'"):
+        get_spec("dover_plus_plus")
 
 
 def test_viewspec_validation():

@@ -15,27 +15,26 @@ import sys
 import numpy as np
 from flax import nnx
 
-from kvq_jax.models import MODELS
+from kvq_jax.models import ModelSpec, get_spec, model_names
 from kvq_jax.models.convnext3d import ConvNeXtConfig
+from kvq_jax.models.multibranch import MultiBranchConfig, MultiBranchVQA
+from kvq_jax.models.registry import register
 from kvq_jax.models.swin3d import SwinConfig
-from kvq_jax.models.vqa import ModelSpec, dover_fusion
 from kvq_jax.train.defaults import base_config
 
-TINY = ModelSpec(
-    name="tiny_dover",
-    backbones=(
-        (
-            "technical",
-            SwinConfig(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=(2, 4, 4), frag_biases=(True, False)),
-        ),
-        ("aesthetic", ConvNeXtConfig(depths=(1, 2), dims=(8, 16))),
-    ),
-    head_hidden=8,
-    shared_head=False,
-    views="dover",
-    normalize=dover_fusion,
-)
-MODELS.setdefault("tiny_dover", TINY)
+SWIN = SwinConfig(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=(2, 4, 4), frag_biases=(True, False))
+if "tiny_dover" not in model_names():
+    register(
+        ModelSpec(
+            name="tiny_dover",
+            family="tests",
+            branches=get_spec("dover").branches,
+            build=MultiBranchVQA,
+            arch=MultiBranchConfig(
+                (("technical", SWIN), ("aesthetic", ConvNeXtConfig(depths=(1, 2), dims=(8, 16)))), 8, shared_head=False
+            ),
+        )
+    )
 
 VIEW_OVERRIDES = {
     "technical": {"clip_len": 4, "fragments_h": 2, "fragments_w": 2, "aligned": 4, "num_clips": 1},
@@ -80,26 +79,26 @@ def run_steps(n_steps: int, cfg=None) -> dict:
     from jax.sharding import PartitionSpec as P
 
     from kvq_jax.data import pipeline
-    from kvq_jax.train import optim, trainer
+    from kvq_jax.train import optim, sharding, state, trainer
 
     cfg = cfg or config("/unused")
-    mesh = trainer.make_mesh(cfg)
+    mesh = sharding.make_mesh(cfg.sharding.fsdp)
     with jax.set_mesh(mesh):
-        train_graph, _, params = trainer.build_model(cfg)
-        tx = optim.make_optimizer(trainer.optimizer_config(cfg, 100), params)
-        state, shardings = trainer.place_state(cfg, mesh, params, tx)
+        train_graph, _, params, stats = state.build_model(cfg)
+        tx = optim.make_optimizer(state.optimizer_config(cfg, 100), params)
+        train_state, shardings = state.place_state(cfg, mesh, params, stats, tx)
         step = jax.jit(
-            trainer.make_train_step(cfg, train_graph, tx, params),
+            trainer.train_step_for(cfg, train_graph, tx, params),
             out_shardings=(shardings, NamedSharding(mesh, P())),
             donate_argnums=0,
         )
         batch = pipeline.to_global(fixed_batch(), mesh)
         loss, grad_norm = [], []
         for _ in range(n_steps):
-            state, aux = step(state, batch)
+            train_state, aux = step(train_state, batch)
             loss.append(float(aux["loss"]))
             grad_norm.append(float(aux["grad_norm"]))
-        leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+        leaves = [np.asarray(x) for x in jax.tree.leaves(train_state["params"])]
         split = sum(not s.is_fully_replicated for s in jax.tree.leaves(shardings))
     return {"devices": jax.device_count(), "loss": loss, "grad_norm": grad_norm, "params": leaves, "split": split}
 

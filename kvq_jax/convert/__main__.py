@@ -6,20 +6,20 @@ import argparse
 import sys
 
 from kvq_jax.convert import CheckpointReadError, ConversionError, convert_state_dict, read_state_dict
-from kvq_jax.models import MODELS, abstract_model, with_params
+from kvq_jax.models import abstract_model, model_names, with_state
 from kvq_jax.weights import save_weights
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kvq_jax.convert", description=__doc__)
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--model", required=True, choices=model_names())
     p.add_argument("--src", required=True, help="official checkpoint (.pth, .safetensors or .npz)")
     p.add_argument("--out", required=True, help="output directory (orbax checkpoint + kvq_jax.json)")
     args = p.parse_args(argv)
     try:
         state_dict = read_state_dict(args.src)
         abstract = abstract_model(args.model)
-        model = with_params(abstract, convert_state_dict(state_dict, abstract))
+        model = with_state(abstract, convert_state_dict(state_dict, abstract))
     except (CheckpointReadError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kvq_jax.data.decode import decode_frames, open_video
-from kvq_jax.data.views import ViewSpec, make_view, preset_views, sample_view_indices, train_views
+from kvq_jax.data.views import ViewSpec, make_view, sample_view_indices
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     width, height = args.size
-    configs = {"dover_test": preset_views("dover"), "dover_train": train_views("dover")}
+    from kvq_jax.models import default_model, get_spec  # imported here: the rest of this module needs no models
+
+    spec = get_spec(default_model())
+    configs = {f"{spec.name}_test": spec.views, f"{spec.name}_train": spec.train_views}
     report: dict[str, object] = {"host": host_info()}
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "bench_clip.mp4"

@@ -64,16 +64,10 @@ def load_split(data_dir: str | os.PathLike, name: str = "kvq_synthetic", split: 
 
 
 def resolve_views(
-    spec: Mapping[str, views_lib.ViewSpec] | str, num_clips: int | None = None, *, train: bool = False
+    views: Mapping[str, views_lib.ViewSpec], num_clips: int | None = None
 ) -> dict[str, views_lib.ViewSpec]:
-    """Branch -> ViewSpec from a mapping or a preset name, optionally forcing ``num_clips``.
-
-    A preset name gives ``views.train_views(name)`` (one clip per branch) when ``train`` is set, else the
-    preset's test-time views (``views.preset_views(name)``)."""
-    if isinstance(spec, str):
-        out = views_lib.train_views(spec) if train else views_lib.preset_views(spec)
-    else:
-        out = dict(spec)
+    """Branch -> ViewSpec (a copy), optionally forcing ``num_clips``."""
+    out = dict(views)
     if not out:
         raise ValueError("no view branches given")
     if num_clips is not None:
@@ -217,7 +211,7 @@ def _finish(ds: grain.MapDataset, num_workers: int, read_threads: int, batch: in
 
 def train_iterator(
     data_source: Any,
-    views: Mapping[str, views_lib.ViewSpec] | str,
+    views: Mapping[str, views_lib.ViewSpec],
     *,
     global_batch_size: int,
     seed: int,
@@ -232,8 +226,8 @@ def train_iterator(
     """Endless (or ``num_epochs``) shuffled training batches of this process's shard, as local numpy dicts.
 
     The shard is this process's blocks of the repeated, shuffled stream (default: this JAX process; see the
-    module docstring); the local batch is ``global_batch_size // shard_count``. ``views`` is branch ->
-    ViewSpec or a preset name (its training form, ``views.train_views``). ``start_batch`` skips that many
+    module docstring); the local batch is ``global_batch_size // shard_count``. ``views`` is branch -> ViewSpec
+    (a model's training form: one clip per branch, see ``ModelSpec.train_views``). ``start_batch`` skips that many
     global batches (resuming where the iterator's own checkpoint does not fit, e.g. on another host count).
     ``mesh`` only checks divisibility; pass each batch to :func:`to_global`.
     """
@@ -242,7 +236,7 @@ def train_iterator(
     if len(data_source) == 0:
         raise ValueError("empty data source")
     stream = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)
-    stream = stream.random_map(_TrainViews(resolve_views(views, train=True)))
+    stream = stream.random_map(_TrainViews(resolve_views(views)))
     ds = grain.MapDataset.source(_Blocks(stream, index, count, local))[start_batch * local :]
     return _finish(ds, num_workers, read_threads, local, drop_remainder=True)
 
@@ -267,7 +261,7 @@ def eval_num_batches(
 
 def eval_iterator(
     data_source: Any,
-    views: Mapping[str, views_lib.ViewSpec] | str,
+    views: Mapping[str, views_lib.ViewSpec],
     *,
     global_batch_size: int,
     num_clips: int | None = None,
@@ -279,7 +273,7 @@ def eval_iterator(
 ) -> grain.DatasetIterator:
     """Every record of ``data_source`` once (over all processes), deterministic views, padded last batches.
 
-    ``views`` is branch -> ViewSpec or a preset name (its test-time views); ``num_clips`` overrides each
+    ``views`` is branch -> ViewSpec (a model's test-time views); ``num_clips`` overrides each
     branch's clip count. Rows with ``valid=False`` are padding (empty ``name``) or decode failures
     (``error`` says why; see :func:`failed_names`).
     """
@@ -291,13 +285,8 @@ def eval_iterator(
         raise ValueError("empty data source")
     start, stop, length = eval_plan(n, global_batch_size, index, count)
     ds = grain.MapDataset.source(_PaddedShard(data_source, start, stop, length))
-    ds = ds.map(_EvalViews(spec, view_shapes(spec)))
+    ds = ds.map(_EvalViews(spec, {k: v.shape for k, v in spec.items()}))
     return _finish(ds, num_workers, read_threads, local, drop_remainder=False)
-
-
-def view_shapes(spec: Mapping[str, views_lib.ViewSpec]) -> dict[str, tuple[int, ...]]:
-    """Per-branch example shape ``(num_clips, T, H, W, 3)`` (padding and failed rows are zeros of it)."""
-    return {k: (v.num_clips, v.frames_per_clip, *v.out_hw, 3) for k, v in spec.items()}
 
 
 def failed_names(batch: Mapping[str, np.ndarray]) -> list[tuple[str, str]]:

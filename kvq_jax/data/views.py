@@ -1,8 +1,8 @@
 """The DOVER / FAST-VQA input views: temporal sampling, spatial fragments and the square resize.
 
 These reproduce what the official PyTorch data code computes (``UnifiedFrameSampler`` /
-``get_spatial_fragments`` / ``torchvision.transforms.Resize`` in VQAssessment/DOVER and FAST-VQA; see
-``/work/shared/reference/models.md`` §0.2, §0.3), quirks included:
+``get_spatial_fragments`` / ``torchvision.transforms.Resize`` in VQAssessment/DOVER and FAST-VQA), quirks
+included:
 
 * temporal sampling cuts the video into equal segments with one offset per segment; indices wrap modulo the
   number of frames for short videos; a view without ``t_frag`` uses ``num_clips`` as the number of segments;
@@ -21,7 +21,8 @@ reproducible.
 Bilinear interpolation is computed in float32 exactly as torch's CPU ``upsample_bilinear2d`` generic
 (channels-first) kernel does on x86-64/AVX2 builds, including the fused multiply-adds the compiler emits
 there: the truncation to uint8 after upscaling turns last-bit differences into ±1 pixel differences, so the
-arithmetic is matched, not merely approximated. All arrays are channels-last uint8 until :func:`normalize`.
+arithmetic is matched, not merely approximated. All arrays are channels-last uint8 until a model's
+:class:`PixelNorm` turns them into its input.
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ from typing import Any
 import numpy as np
 
 from kvq_jax.data.decode import VideoSource, decode_frames, open_video, source_label
-
-# ImageNet statistics on the 0-255 scale, as both official repositories normalise every Swin/ConvNeXt view.
-MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 _KINDS = ("fragments", "resize")
 
@@ -99,54 +96,34 @@ class ViewSpec:
             return self.fragments_h * self.fsize_h, self.fragments_w * self.fsize_w
         return self.size_h, self.size_w
 
-
-def _fragments(h: int, w: int, fsize: int, aligned: int, clip_len: int, num_clips: int, **kw: Any) -> ViewSpec:
-    return ViewSpec(
-        "fragments",
-        clip_len=clip_len,
-        frame_interval=2,
-        num_clips=num_clips,
-        fragments_h=h,
-        fragments_w=w,
-        fsize_h=fsize,
-        fsize_w=fsize,
-        aligned=aligned,
-        **kw,
-    )
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """The uint8 array of one video's view: ``(num_clips, T, H, W, 3)``."""
+        return (self.num_clips, self.frames_per_clip, *self.out_hw, 3)
 
 
-_DOVER_VIEWS = {
-    "technical": _fragments(7, 7, 32, aligned=32, clip_len=32, num_clips=3),
-    "aesthetic": ViewSpec("resize", clip_len=32, frame_interval=2, t_frag=32, num_clips=1, size_h=224, size_w=224),
-}
+@dataclasses.dataclass(frozen=True)
+class PixelNorm:
+    """How a model wants its uint8 pixels: ``(x · scale − mean) / std`` per RGB channel, float32.
 
-# Test-time views of each released model, checked against dover.yml / dover-mobile.yml (identical data
-# sections) and FAST-VQA-and-FasterVQA/options/fast/{fast-b,f3dvqa-b,fastervqa-mt,fastervqa-ms,fast-m}.yml.
-VIEW_PRESETS: dict[str, dict[str, ViewSpec]] = {
-    "dover": dict(_DOVER_VIEWS),
-    "dover_mobile": dict(_DOVER_VIEWS),
-    "fastvqa_b": {"fragments": _fragments(7, 7, 32, aligned=32, clip_len=32, num_clips=4)},
-    "fastervqa": {"fragments": _fragments(7, 7, 32, aligned=8, clip_len=32, num_clips=1, t_frag=8)},
-    "fastervqa_mt": {"fragments": _fragments(7, 7, 32, aligned=8, clip_len=16, num_clips=1, t_frag=4)},
-    "fastervqa_ms": {"fragments": _fragments(5, 5, 32, aligned=8, clip_len=32, num_clips=1, t_frag=8)},
-    "fastvqa_m": {"fragments": _fragments(4, 4, 32, aligned=8, clip_len=16, num_clips=4)},
-}
-
-
-def preset_views(preset: str) -> dict[str, ViewSpec]:
-    """The test-time views of ``preset`` (a copy of ``VIEW_PRESETS[preset]``)."""
-    if preset not in VIEW_PRESETS:
-        raise KeyError(f"unknown view preset {preset!r}; known: {sorted(VIEW_PRESETS)}")
-    return dict(VIEW_PRESETS[preset])
-
-
-def train_views(preset: str) -> dict[str, ViewSpec]:
-    """The training form of ``preset``: every branch with ``num_clips=1``.
-
-    DOVER's ``transfer_learning.py`` forces the technical view to one clip (one segment over the whole video),
-    and the FAST-VQA training ymls use ``num_clips: 1`` with otherwise identical views.
+    Data, not code, so export files and the PyTorch reference can state and reproduce it. The official models
+    differ: DOVER / FAST-VQA use ImageNet statistics on the 0–255 scale, CLIP branches CLIP statistics (COVER on
+    0–255, KSVQE on 0–1), and the KVQ SimpleVQA baseline subtracts the 0–1 ImageNet statistics from 0–255 values.
     """
-    return {branch: dataclasses.replace(spec, num_clips=1) for branch, spec in preset_views(preset).items()}
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float = 1.0
+
+    def __call__(self, x: Any) -> Any:
+        """uint8 pixels (numpy or jax, channels-last) → float32; arithmetic only, so it runs on host or device."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        x = x.astype(np.float32)
+        return ((x * np.float32(self.scale) if self.scale != 1.0 else x) - mean) / std
+
+
+# ImageNet statistics on the 0-255 scale: what both official repositories apply to every Swin/ConvNeXt view.
+IMAGENET_255 = PixelNorm((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 
 def sample_frame_indices(num_frames: int, spec: ViewSpec, rng: np.random.Generator | None) -> np.ndarray:
@@ -275,18 +252,19 @@ def resize_view(video: np.ndarray, spec: ViewSpec, *, order: np.ndarray | None =
 # ------------------------------------------------------------------------------------------------ fragments
 
 
-def _upscaled_top_left(video: np.ndarray, ratio: float, order: np.ndarray) -> np.ndarray:
-    """The top-left ``H×W`` corner of the official small-video upscale of ``video[order]``, uint8.
+def _upscaled_top_left(video: np.ndarray, ratio: float, order: np.ndarray, *, whole: bool = False) -> np.ndarray:
+    """The top-left ``H×W`` corner (or, with ``whole``, all) of the official small-video upscale of
+    ``video[order]``, uint8.
 
     Official: ``interpolate(video / 255., scale_factor=1/ratio, mode="bilinear")``, ``* 255.``, cast to uint8
     (truncation). The output size is ``int(size * (1/ratio))``; the kernel uses ``float32(1 / (1/ratio))`` as
-    its source step. Only the corner is computed because the (pre-upscale) grid never leaves it.
+    its source step. Only the corner is needed when the (pre-upscale) grid is used, as it never leaves it.
     """
     _, in_h, in_w, _ = video.shape
     factor = 1.0 / ratio
     out_hw = (int(in_h * factor), int(in_w * factor))
     step = np.float32(1.0 / factor)
-    return _bilinear(video, out_hw, (step, step), (in_h, in_w), unit_scale=True, order=order)
+    return _bilinear(video, out_hw, (step, step), out_hw if whole else (in_h, in_w), unit_scale=True, order=order)
 
 
 def _cell_offsets(cell: int, fsize: int, shape: tuple[int, ...], rng: np.random.Generator | None) -> np.ndarray:
@@ -318,18 +296,23 @@ def spatial_fragments(
     ``off_h`` then ``off_w`` are drawn from ``rng`` with shape ``(fragments_h, fragments_w, T // aligned)``
     (centred when ``rng`` is None). A single frame uses ``aligned = 1``. ``order`` takes the frames
     ``video[order]`` instead, copying only the patches.
+
+    A video smaller than one fragment (e.g. 16×16) is the one deliberate exception to the official grid: laid out
+    from the pre-upscale size it would start at negative offsets (the official code fails there), so the grid is
+    laid out on the upscaled frames instead.
     """
     order = _frame_order(video, order)
     frames, (_, height, width, channels) = order.size, video.shape
     fh, fw, ph, pw = spec.fragments_h, spec.fragments_w, spec.fsize_h, spec.fsize_w
-    if height < ph or width < pw:
-        raise ValueError(f"video of {height}x{width} is smaller than one {ph}x{pw} fragment")
     aligned = 1 if frames == 1 else spec.aligned
     if frames % aligned:
         raise ValueError(f"{frames} frames are not a multiple of aligned={aligned}")
     ratio = min(height / (fh * ph), width / (fw * pw))
     if ratio < 1:
-        video, order = _upscaled_top_left(video, ratio, order), np.arange(frames)
+        tiny = height < ph or width < pw
+        video, order = _upscaled_top_left(video, ratio, order, whole=tiny), np.arange(frames)
+        if tiny:
+            height, width = video.shape[1:3]
     grid_h, grid_w, cell_h, cell_w = fragment_grid(height, width, spec)
     chunks = frames // aligned
     off_h = _cell_offsets(cell_h, ph, (fh, fw, chunks), rng)
@@ -414,12 +397,3 @@ def sample_views(
         branch: make_view(frames, spec, rng, order=np.searchsorted(wanted, indices[branch]))
         for branch, spec in views.items()
     }
-
-
-def normalize(x: Any) -> Any:
-    """uint8 pixels (numpy or jax, channels-last) -> float32 ``(x - MEAN) / STD`` on the 0-255 scale.
-
-    Only arithmetic is used, so the same function normalises numpy batches on the host and jax arrays on
-    device.
-    """
-    return (x - MEAN) / STD

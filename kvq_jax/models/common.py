@@ -31,16 +31,8 @@ def layer_norm(dim: int, eps: float, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerN
 
 
 def dense(din: int, dout: int, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
-    """A Linear layer with float32 params and `dtype` compute; init as timm's trunc_normal(0.02)."""
-    return nnx.Linear(
-        din,
-        dout,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.truncated_normal(0.02),
-        rngs=rngs,
-    )
+    """A Linear layer with float32 params and `dtype` compute (values: `models/init.py`)."""
+    return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 class DropPath(nnx.Module):

@@ -55,7 +55,6 @@ def conv3d(cin: int, cout: int, kernel, strides, padding, dtype: Dtype, rngs: nn
         padding=padding,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.truncated_normal(0.02),
         rngs=rngs,
     )
 
@@ -178,8 +177,7 @@ class DepthwiseConv3D(nnx.Module):
     """Depthwise Conv3d with PyTorch's 'same' padding (k//2, 3, 3); params named like nnx.Conv's."""
 
     def __init__(self, dim: int, kernel: tuple[int, int, int], dtype: Dtype, rngs: nnx.Rngs):
-        init = nnx.initializers.truncated_normal(0.02)
-        self.kernel = nnx.Param(init(rngs.params(), (*kernel, 1, dim), jnp.float32))
+        self.kernel = nnx.Param(jnp.zeros((*kernel, 1, dim), jnp.float32))  # values: models/init.py
         self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
         self.dtype = dtype
 
@@ -210,7 +208,7 @@ class Block(nnx.Module):
         self.pwconv1 = dense(dim, 4 * dim, dtype, rngs)
         self.grn = GRN(4 * dim) if version == 2 else None
         self.pwconv2 = dense(4 * dim, dim, dtype, rngs)
-        self.gamma = nnx.Param(jnp.full((dim,), 1e-6, jnp.float32)) if version == 1 else None
+        self.gamma = nnx.Param(jnp.zeros((dim,), jnp.float32)) if version == 1 else None  # layer scale
         self.drop_path = DropPath(drop_path)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -1,13 +1,17 @@
-"""Fresh parameters for a model, in NumPy, following the official initialisation.
+"""Fresh values for a model's variables, in NumPy: the one place where initialisation is decided.
 
-Building an NNX model eagerly runs one small compiled program per parameter shape (about a minute for
-DOVER on 2 CPU cores); building it abstractly with `nnx.eval_shape` and filling the params here takes a
-second. The rules are those of the official code:
+Models are always built abstractly (`nnx.eval_shape`: structure only, about a second) and filled here, because
+building an NNX model eagerly runs one small compiled program per parameter shape (about a minute for DOVER on
+2 CPU cores) and one jitted initialiser takes 15–35 s to compile. So the modules declare shapes only (their
+own initialisers never run), and these rules, by variable kind and leaf name, follow the official code:
 
-* Linear / Conv weights and relative-position tables: timm's `trunc_normal_(std=0.02)`, whose ±2 bounds
-  are absolute, so at std 0.02 it is a plain N(0, 0.02²);
+* Linear / Conv kernels and relative-position tables: timm's ``trunc_normal_(std=0.02)``, whose ±2 bounds are
+  absolute, so at std 0.02 it is a plain N(0, 0.02²);
+* LayerNorm / BatchNorm scales: 1; ConvNeXt layer scale γ: 1e-6;
 * biases, GRN γ/β and the fragment bias tables (FPB; FAST-VQA's own training leaves them at zero): 0;
-* LayerNorm scales: 1; ConvNeXt layer scale γ: 1e-6.
+* BatchNorm statistics: running mean 0, running variance 1 (PyTorch's reset values).
+
+Each leaf draws from its own stream, seeded by (seed, path), so adding a module never changes another's values.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import zlib
 import numpy as np
 from flax import nnx
 
+_NORMAL_LEAVES = ("kernel", "relative_position_bias_table")
 
-def _init_value(path: tuple, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+
+def _init_value(path: tuple, var: nnx.Variable, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(var.shape)
     leaf = str(path[-1])
     parent = str(path[-2]) if len(path) > 1 else ""
-    if leaf in ("kernel", "relative_position_bias_table"):
+    if isinstance(var, nnx.BatchStat):
+        return np.ones(shape, np.float32) if leaf == "var" else np.zeros(shape, np.float32)
+    if leaf in _NORMAL_LEAVES:
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
     if leaf == "scale":
         return np.ones(shape, np.float32)
@@ -30,11 +39,11 @@ def _init_value(path: tuple, shape: tuple[int, ...], rng: np.random.Generator) -
     return np.zeros(shape, np.float32)  # biases, FPB tables, GRN gamma/beta
 
 
-def init_params(abstract: nnx.State, seed: int) -> nnx.State:
-    """Concrete float32 params for an abstract param State; each leaf's stream depends on (seed, path)."""
+def init_variables(abstract: nnx.State, seed: int) -> nnx.State:
+    """Concrete float32 values for an abstract State (params and BatchNorm statistics alike)."""
     filled = []
     for path, var in nnx.to_flat_state(abstract):
         key = zlib.crc32("/".join(map(str, path)).encode())
         rng = np.random.default_rng([seed, key])
-        filled.append((path, var.replace(_init_value(path, tuple(var.shape), rng))))
+        filled.append((path, var.replace(_init_value(path, var, rng))))
     return nnx.from_flat_state(filled)

@@ -168,11 +168,14 @@ class WindowAttention3D(nnx.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.dtype = dtype
         rows = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
-        init = nnx.initializers.truncated_normal(0.02)
-        self.relative_position_bias_table = nnx.Param(init(rngs.params(), (rows, num_heads), jnp.float32))
+        self.relative_position_bias_table = nnx.Param(jnp.zeros((rows, num_heads), jnp.float32))  # models/init.py
         self.fragment_position_bias_table = nnx.Param(jnp.zeros((rows, num_heads), jnp.float32)) if frag_bias else None
         self.qkv = dense(dim, 3 * dim, dtype, rngs)
         self.proj = dense(dim, dim, dtype, rngs)
+
+    def torch_buffers(self) -> dict[str, np.ndarray]:
+        """The integer buffer the official module registers: recomputed, checked against checkpoints that hold it."""
+        return {"relative_position_index": relative_position_index(self.window)}
 
     def position_bias(self, table: jax.Array, index: np.ndarray) -> jax.Array:
         """A (rows, heads) table gathered by an (N, N) index: (heads, N, N) float32 (from the transposed table,

@@ -22,7 +22,6 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.data.data_dir = "data/tfds"
     c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # raw folder, built on demand
     c.data.train_split = "train"
-    c.data.views = ml_collections.FieldReference(None, field_type=str)  # view preset; None: the model's
     c.data.view_overrides = ml_collections.ConfigDict()  # {branch: {field: value}}
     c.data.num_workers = 2  # grain decode/view worker processes per host
     c.data.synthetic = ml_collections.ConfigDict(
@@ -39,7 +38,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.05
-    c.optim.schedule = "dover"  # linear warm-up, cosine over the whole run (LR ends near 0.5·peak·...)
+    c.optim.schedule = "official"  # linear warm-up, cosine over the whole run (LR ends near 0.5·peak·...)
     c.optim.backbone_lr_mult = 0.1
     c.optim.freeze = ()  # regexes over param paths, e.g. (".*backbone.*",) for head-only; a tuple, so overridable
     c.optim.grad_clip_norm = 0.0
@@ -88,12 +87,12 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 6
     c.ema_decay = 0.9  # 0.999 would leave a 60-step EMA at 94 % of its initial value
     c.eval.batch_size = 8
-    # 4-frame clips; 3×3 fragments (96 px) instead of 7×7; 96-px resized frames.
-    short = {
-        "technical": {"clip_len": 4, "fragments_h": 3, "fragments_w": 3, "aligned": 4, "num_clips": 1},
-        "fragments": {"clip_len": 4, "fragments_h": 3, "fragments_w": 3, "aligned": 4, "num_clips": 1},
-        "aesthetic": {"clip_len": 4, "t_frag": 4, "size_h": 96, "size_w": 96},
-    }
-    branches = dict(get_spec(c.model).backbones)
-    c.data.view_overrides = {b: v for b, v in short.items() if b in branches}
+    c.data.view_overrides = {b.name: QUICK_VIEWS[b.view.kind] for b in get_spec(c.model).branches}
     return c
+
+
+# The quick form of each kind of view: 4-frame clips; 3×3 fragments (96 px) instead of 7×7; 96-px resized frames.
+QUICK_VIEWS = {
+    "fragments": {"clip_len": 4, "fragments_h": 3, "fragments_w": 3, "aligned": 4, "num_clips": 1},
+    "resize": {"clip_len": 4, "t_frag": 4, "size_h": 96, "size_w": 96},
+}

@@ -17,9 +17,9 @@ Configuration (an ``ml_collections.ConfigDict`` or any mapping):
 ``lr``               base learning rate (required)
 ``weight_decay``     AdamW decoupled weight decay (default 0.0; DOVER/FAST-VQA use 0.05)
 ``b1``, ``b2``       Adam betas (default 0.9, 0.999 = torch defaults); ``eps`` (default 1e-8)
-``schedule``         ``"dover"`` | ``"cosine"`` | ``"constant"`` (default ``"dover"``)
-``warmup_steps``     warm-up length in optimiser steps (required by dover/cosine)
-``total_steps``      run length in optimiser steps (required by dover/cosine)
+``schedule``         ``"official"`` (the DOVER / FAST-VQA / KVQ scripts') | ``"cosine"`` | ``"constant"``
+``warmup_steps``     warm-up length in optimiser steps (required by official/cosine)
+``total_steps``      run length in optimiser steps (required by official/cosine)
 ``end_lr``           final LR of ``"cosine"`` (default 0.0)
 ``backbone_lr_mult`` LR multiplier of params whose top-level path component contains "backbone" (default 1)
 ``freeze``           regexes (``re.fullmatch`` on ``path_str``); matched params get zero updates, no decay
@@ -67,7 +67,7 @@ _DEFAULTS: dict[str, Any] = {
     "b1": 0.9,
     "b2": 0.999,
     "eps": 1e-8,
-    "schedule": "dover",
+    "schedule": "official",
     "warmup_steps": None,
     "total_steps": None,
     "end_lr": 0.0,
@@ -106,7 +106,7 @@ def _config(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- schedules
 
 
-def dover_schedule(base_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+def official_schedule(base_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """The DOVER / FAST-VQA / KVQ ``LambdaLR``: ``lr·f(step)`` with the step counted from 0.
 
     ``f = step/warmup`` while ``step ≤ warmup``, then ``0.5·(1 + cos(π·(step − warmup)/total))``. The cosine
@@ -116,7 +116,7 @@ def dover_schedule(base_lr: float, warmup_steps: int, total_steps: int) -> optax
     """
     if total_steps <= 0 or warmup_steps < 0:
         raise ValueError(
-            f"dover_schedule: need total_steps > 0 and warmup_steps ≥ 0; got {total_steps}, {warmup_steps}"
+            f"official_schedule: need total_steps > 0 and warmup_steps ≥ 0; got {total_steps}, {warmup_steps}"
         )
     # optax's cosine clamps its count at decay_steps; with decay_steps = total and count ≤ total − warmup it
     # never does inside the run, so it is exactly the official 0.5·(1 + cos(π·s/total)).
@@ -141,11 +141,11 @@ def cosine_schedule(base_lr: float, warmup_steps: int, total_steps: int, end_lr:
     )
 
 
-SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {"dover": dover_schedule, "cosine": cosine_schedule}
+SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {"official": official_schedule, "cosine": cosine_schedule}
 
 
 def make_schedule(cfg: Mapping[str, Any] | Any) -> optax.Schedule:
-    """The LR schedule named by ``cfg.schedule`` (``dover`` | ``cosine`` | ``constant``)."""
+    """The LR schedule named by ``cfg.schedule`` (``official`` | ``cosine`` | ``constant``)."""
     c = _config(cfg)
     name = c["schedule"]
     if name == "constant":

@@ -1,0 +1,79 @@
+"""The train state: the model (fresh or from weights), optimiser, EMA, placed on the mesh with its shardings.
+
+The state is a plain pytree so orbax can save it asynchronously: ``params``, ``stats`` (the model's other
+variables, e.g. BatchNorm statistics, only when it has any), ``opt_state``, ``step`` and ``ema`` (of the params
+only, as the official code averages ``named_parameters``; evaluating the EMA uses the current statistics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from kvq_jax.models import abstract_model, get_model, get_spec, split_model, with_state
+from kvq_jax.train import optim, sharding
+from kvq_jax.weights import read_variables
+
+PyTree = Any
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+    """(train graph, eval graph, float32 params, other variables): fresh, or from `cfg.init_weights`."""
+    spec = get_spec(cfg.model)
+    dtype = jnp.dtype(cfg.dtype)
+    drop_path = cfg.get("drop_path_rate")
+    if cfg.get("init_weights"):
+        abstract = abstract_model(spec, dtype=dtype, drop_path_rate=drop_path)
+        model = with_state(abstract, read_variables(cfg.init_weights, abstract))
+    else:
+        model = get_model(spec, dtype=dtype, seed=cfg.seed, drop_path_rate=drop_path)
+    model.train()
+    train_graph = nnx.graphdef(model)
+    model.eval()
+    eval_graph, params, stats = split_model(model)
+    return train_graph, eval_graph, params, stats
+
+
+def init_state(params: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, ema: bool) -> dict:
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if jax.tree.leaves(stats):
+        state["stats"] = stats
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def place_state(cfg: ml_collections.ConfigDict, mesh, params: nnx.State, stats: nnx.State, tx) -> tuple[dict, PyTree]:
+    """The train state built on device with its shardings (replicated, or FSDP-split by `cfg.sharding`), and
+    those shardings: with FSDP the optimiser state is never whole on one device."""
+
+    def init(p: nnx.State, s: nnx.State) -> dict:
+        return init_state(p, s, tx, ema=bool(cfg.get("ema_decay")))
+
+    shardings = sharding.state_shardings(
+        jax.eval_shape(init, params, stats), mesh, cfg.sharding.rules, cfg.sharding.min_size
+    )
+    params = jax.device_put(params, shardings["params"])
+    stats = jax.device_put(stats, NamedSharding(mesh, P()))
+    return jax.jit(init, out_shardings=shardings)(params, stats), shardings
+
+
+def optimizer_config(cfg: ml_collections.ConfigDict, total_steps: int) -> dict:
+    oc = dict(cfg.optim)
+    oc.setdefault("total_steps", total_steps)
+    if "warmup_steps" not in oc:
+        oc["warmup_steps"] = round(cfg.optim_warmup_fraction * total_steps)
+    return oc
+
+
+def frozen_mask(cfg: ml_collections.ConfigDict, params: nnx.State) -> PyTree:
+    """True for the params `cfg.optim.freeze` matches (they enter the loss through stop_gradient)."""
+    labels = optim.param_labels(params, freeze=cfg.optim.freeze)
+    return jax.tree.map(lambda label: label == optim.FROZEN, labels)
