@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"WARNING: exporting {name} with UNTRAINED random weights (--random-weights)", file=sys.stderr)
     platforms = args.platforms.split(",") if args.platforms else None
     exported, meta = export_model(model, views, batch=batch, fallback_batch=args.fallback_batch, platforms=platforms)
-    meta.update(weights=None if args.random_weights else str(args.weights), dtype=args.dtype)
+    meta.update(weights=None if args.random_weights else [str(w) for w in args.weights], dtype=args.dtype)
     out, meta_file = save(exported, meta, args.out)
     if meta["batch_note"]:
         print(f"note: {meta['batch_note']}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`python -m kvq_jax.parity CASE.json [CASE.json ...]`: reproduce the official PyTorch outputs.
 
-A case (format of shared/parity/README.md) names an official model config, a weight seed and input shapes;
+A case (format of tests/fixtures/parity/README.md) names an official model config, a weight seed and input shapes;
 its manifest (beside it) lists the official state_dict. This tool regenerates the deterministic weights and
 inputs by the published rule, converts the weights **through the same converter as real checkpoints**, runs
 the Flax model and prints the relative error `max|ours − ref| / max|ref|` of every array in the case's .npz.
@@ -24,7 +24,6 @@ from flax import nnx
 
 from kvq_jax.convert import convert_state_dict
 from kvq_jax.models import abstract_model, spec_for_official_config, with_state
-from kvq_jax.scoring import map_scores
 
 
 def unit_uniform(seed_words: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -45,7 +44,7 @@ def manifest_weights(manifest: list[dict], seed: int) -> dict[str, np.ndarray]:
         x = unit_uniform([seed, entry["index"]], shape)
         if len(shape) >= 2:
             x = x / math.sqrt(math.prod(shape[1:]))
-        elif key.endswith(".weight"):
+        elif key.endswith((".weight", "running_var")):  # BatchNorm variances stay positive: 1 + 0.1·x
             x = 1 + 0.1 * x
         else:
             x = 0.1 * x
@@ -65,42 +64,34 @@ def run_case(case_path: Path, dtype=jnp.float32) -> dict:
     case = json.loads(case_path.read_text())
     cfg = case["config"]
     spec = spec_for_official_config(cfg["cfg"])
+    if spec.parity is None:
+        raise ValueError(f"{spec.name} defines no parity arrays")
     manifest_path = case_path.parent / f"manifest_{spec.official.config_stem}.json"
     manifest = json.loads(manifest_path.read_text())
     abstract = abstract_model(spec, dtype=dtype)
     model = with_state(abstract, convert_state_dict(manifest_weights(manifest, cfg["seed"]), abstract))
     model.eval()
-    inputs = {}
-    for j, (branch, shape) in enumerate(cfg["shapes"].items()):
-        x = unit_uniform([cfg["inputs_seed"], j], shape).astype(np.float32)
-        inputs[branch] = jnp.asarray(x.transpose(0, 2, 3, 4, 1)[:, None])  # [B,C,T,H,W] → (B, 1 clip, T, H, W, C)
-
+    inputs = {  # the rule's numbers, already normalised, in the fixture's own layout
+        name: jnp.asarray(unit_uniform([cfg["inputs_seed"], j], shape).astype(np.float32))
+        for j, (name, shape) in enumerate(cfg["shapes"].items())
+    }
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def forward(state, inputs):
-        return map_scores(nnx.merge(graphdef, state), inputs, features=True)
+        return spec.parity(nnx.merge(graphdef, state), inputs, cfg)
 
     t0 = time.perf_counter()
     compiled = forward.lower(state, inputs).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, maps, feats = jax.block_until_ready(compiled(state, inputs))
+    out = jax.block_until_ready(compiled(state, inputs))
     forward_s = time.perf_counter() - t0
-
-    ours: dict[str, np.ndarray] = {}
-    means = {}
-    for branch in maps:
-        m = np.asarray(maps[branch], np.float32)[:, 0]
-        f = np.asarray(feats[branch], np.float32)
-        ours[f"{branch}_score_map"] = m[:, None]
-        ours[f"{branch}_feat_channel_mean"] = f.mean(axis=(1, 2, 3))
-        ours[f"{branch}_feat"] = f.transpose(0, 4, 1, 2, 3)
-        means[branch] = float(m.astype(np.float64).mean())  # map.mean().item(), as the official scripts report
-    ours["branch_means"] = np.array([means[b] for b in spec.branch_names if b in means])
-    if spec.fusion is not None and set(spec.fusion.branches) <= set(means):
-        ours["fused"] = np.asarray(spec.fusion(means), np.float64)
+    ours = {k: np.asarray(v, np.float64) for k, v in out.items()}
     ref = np.load(case_path.with_suffix(".npz"))
+    missing = sorted(set(ref.files) - set(ours))
+    if missing:
+        raise ValueError(f"{case_path.name}: {spec.name}'s parity arrays lack {missing}")
     errors = {k: rel_error(ours[k], ref[k]) for k in ref.files}
     return {
         "case": str(case_path),

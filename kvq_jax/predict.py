@@ -423,7 +423,12 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
         choices=model_names(),
         help=f"registered model (default: the model named in a converted --weights dir, else {default_model()})",
     )
-    ap.add_argument("--weights", metavar="DIR_or_FILE", help="converted weights dir or official checkpoint")
+    ap.add_argument(
+        "--weights",
+        metavar="DIR_or_FILE",
+        action="append",
+        help="converted weights dir, or official checkpoint file (repeat for models whose weights are in several)",
+    )
     ap.add_argument(
         "--random-weights",
         action="store_true",
@@ -459,8 +464,8 @@ def build_model(args: argparse.Namespace) -> tuple[str, nnx.Module, dict[str, Vi
     if args.weights is not None and args.random_weights:
         raise ValueError("--weights and --random-weights exclude each other")
     name = args.model
-    if name is None and args.weights is not None and Path(args.weights).is_dir():
-        name = read_meta(args.weights)["model"]
+    if name is None and args.weights is not None and Path(args.weights[0]).is_dir():
+        name = read_meta(args.weights[0])["model"]
     name = name or default_model()
     spec = get_spec(name)
     if args.clips is not None and args.clips < 1:
@@ -545,7 +550,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     batch = min(args.batch_size, len(videos))
     shapes = ", ".join(f"{b} {'x'.join(map(str, v.shape[:4]))}" for b, v in views.items())
     print(
-        f"{name} ({'random weights' if args.random_weights else args.weights}, {args.dtype}) on "
+        f"{name} ({'random weights' if args.random_weights else ', '.join(args.weights)}, {args.dtype}) on "
         f"{jax.devices()[0].platform}: {len(videos)} video(s), batch {batch}, views {shapes}"
         + (f", seed {args.seed}" if args.seed is not None else ", centred views")
         + (f"; compile cache {cache}" if cache else ""),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from kvq_jax.convert.checkpoint_io import read_state_dict
+from kvq_jax.convert.checkpoint_io import read_state_dicts
 from kvq_jax.convert.torch_layout import convert_state_dict
 from kvq_jax.models import abstract_model, get_model, with_state
 from kvq_jax.models.common import Dtype
@@ -46,9 +47,20 @@ def read_meta(path: str | os.PathLike) -> dict:
     return json.loads(meta.read_text())
 
 
-def read_variables(path: str | os.PathLike, abstract: nnx.Module) -> nnx.State:
-    """Concrete variables for `abstract` from a converted directory or an official checkpoint file."""
-    path = Path(path)
+Weights = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def read_variables(weights: Weights, abstract: nnx.Module) -> nnx.State:
+    """Concrete variables for `abstract` from a converted directory, or from the official checkpoint file(s)."""
+    if not isinstance(weights, str | os.PathLike):
+        files = [Path(w) for w in weights]
+        if len(files) != 1:
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{missing[0]}: no such checkpoint file")
+            return convert_state_dict(read_state_dicts(files), abstract)
+        weights = files[0]
+    path = Path(weights)
     if path.is_dir():
         meta = read_meta(path)
         if meta["model"] != abstract.spec.name:
@@ -60,11 +72,11 @@ def read_variables(path: str | os.PathLike, abstract: nnx.Module) -> nnx.State:
         nnx.replace_by_pure_dict(state, restored)
         return state
     if path.is_file():
-        return convert_state_dict(read_state_dict(path), abstract)
+        return convert_state_dict(read_state_dicts([path]), abstract)
     raise FileNotFoundError(f"{path}: no such weights directory or checkpoint file")
 
 
-def load_model(name: str, weights: str | os.PathLike | None, *, dtype: Dtype = jnp.float32) -> nnx.Module:
+def load_model(name: str, weights: Weights | None, *, dtype: Dtype = jnp.float32) -> nnx.Module:
     """A registered model with weights loaded (fresh random weights when `weights` is None)."""
     if weights is None:
         return get_model(name, dtype=dtype)

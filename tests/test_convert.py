@@ -209,3 +209,22 @@ def test_convert_cli_writes_orbax_checkpoint_that_loads(tmp_path, mobile):
         check=False,
     )
     assert bad.returncode == 2 and "missing keys" in bad.stderr and "fragments_backbone" in bad.stderr
+
+
+def test_torchscript_archives_and_several_files(tmp_path):
+    """OpenAI's CLIP files are TorchScript archives in float16: read their state_dict as float32; several files
+    merge into one state_dict, and a key in two of them is refused with both names."""
+    torch = pytest.importorskip("torch")
+    from kvq_jax.convert import read_state_dicts
+
+    net = torch.jit.script(torch.nn.Linear(3, 2).half())
+    torch.jit.save(net, str(tmp_path / "ViT-tiny.pt"))
+    got = read_state_dict(tmp_path / "ViT-tiny.pt")
+    assert set(got) == {"weight", "bias"} and got["weight"].dtype == np.float32
+    np.testing.assert_array_equal(got["weight"], net.weight.detach().float().numpy())
+    np.savez(tmp_path / "other.npz", head=np.ones(2, np.float32))
+    merged = read_state_dicts([tmp_path / "ViT-tiny.pt", tmp_path / "other.npz"])
+    assert set(merged) == {"weight", "bias", "head"}
+    np.savez(tmp_path / "clash.npz", bias=np.zeros(2, np.float32))
+    with pytest.raises(CheckpointReadError, match=r"'bias' is in both .*ViT-tiny\.pt and .*clash\.npz"):
+        read_state_dicts([tmp_path / "ViT-tiny.pt", tmp_path / "clash.npz"])

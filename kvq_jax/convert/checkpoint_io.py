@@ -1,13 +1,16 @@
 """Reading official checkpoint files (.pth, .safetensors, .npz) into a flat dict of NumPy arrays.
 
 `.pth` files are read with `torch.load(weights_only=True)`: never unpickle arbitrary objects from a file
-downloaded off the internet. PyTorch is needed only here (the optional `torch` extra).
+downloaded off the internet. TorchScript archives (OpenAI's CLIP `.pt` files) are read with `torch.jit.load`, whose
+restricted loader builds the module without running Python code, and only their state_dict is kept. Half-precision
+tensors become float32. PyTorch is needed only here (the optional `torch` extra).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +50,29 @@ def _looks_flat(obj: Mapping) -> bool:
     return bool(obj) and all(hasattr(v, "shape") for v in obj.values())
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding the module's code next to its tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def read_state_dicts(paths: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
+    """One flat {key: array} from several files (e.g. COVER.pth and CLIP's ViT-L-14.pt); a key in two files is an
+    error naming both."""
+    merged: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for path in paths:
+        for key, value in read_state_dict(path).items():
+            if key in merged:
+                raise CheckpointReadError(f"key {key!r} is in both {origin[key]} and {path}")
+            merged[key], origin[key] = value, str(path)
+    return merged
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A flat {key: array} from a .pth/.pt/.ckpt (torch), .safetensors or .npz file."""
+    """A flat {key: array} from a .pth/.pt/.ckpt (torch or TorchScript), .safetensors or .npz file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointReadError(f"{path}: no such checkpoint file")
@@ -68,7 +92,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 raise CheckpointReadError(
                     f"{path}: reading PyTorch files needs torch; install the extra: pip install 'kvq-jax[torch]'"
                 ) from e
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            if _is_torchscript(path):
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            else:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except CheckpointReadError:
         raise
     except Exception as e:  # corrupt files raise many different types

@@ -11,7 +11,7 @@ from __future__ import annotations
 from kvq_jax.data.views import ViewSpec
 from kvq_jax.models.convnext3d import convnext_femto, convnext_tiny
 from kvq_jax.models.fusion import SigmoidRescale
-from kvq_jax.models.multibranch import MultiBranchConfig, MultiBranchVQA
+from kvq_jax.models.multibranch import MultiBranchConfig, MultiBranchVQA, parity_arrays
 from kvq_jax.models.registry import Branch, ModelSpec, OfficialCode, OfficialWeights, register
 from kvq_jax.models.swin3d import SwinConfig
 
@@ -37,6 +37,7 @@ def _dover(name: str, arch: MultiBranchConfig, weights: str, config: str) -> Mod
         arch=arch,
         fusion=FUSION,
         weights=OfficialWeights(f"{_RELEASES}/{weights}"),
+        parity=parity_arrays,
         official=OfficialCode(_REPO, "dover", config),
     )
 

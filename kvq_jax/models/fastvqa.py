@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kvq_jax.data.views import ViewSpec
 from kvq_jax.models.fusion import SigmoidRescale
-from kvq_jax.models.multibranch import MultiBranchConfig, MultiBranchVQA
+from kvq_jax.models.multibranch import MultiBranchConfig, MultiBranchVQA, parity_arrays
 from kvq_jax.models.registry import Branch, ModelSpec, OfficialCode, OfficialWeights, register
 from kvq_jax.models.swin3d import SwinConfig
 
@@ -29,6 +29,7 @@ def _fast(name: str, swin: SwinConfig, view: ViewSpec, mean: float, std: float, 
         arch=MultiBranchConfig((("fragments", swin),), head_hidden=64, shared_head=True),
         fusion=SigmoidRescale((("fragments", mean, std, 1.0),)),
         weights=OfficialWeights(f"{_RELEASES}/{weights}"),
+        parity=parity_arrays,
         official=OfficialCode(_REPO, "fastvqa", f"options/fast/{yml}"),
     )
 

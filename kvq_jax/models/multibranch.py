@@ -19,6 +19,7 @@ from kvq_jax.models.convnext3d import ConvNeXt3D, ConvNeXtConfig
 from kvq_jax.models.head import VQAHead
 from kvq_jax.models.registry import ModelSpec
 from kvq_jax.models.swin3d import SwinConfig, SwinTransformer3D
+from kvq_jax.scoring import map_scores
 
 BackboneConfig = SwinConfig | ConvNeXtConfig
 
@@ -79,3 +80,21 @@ class MultiBranchVQA(nnx.Module):
         if not maps:
             raise ValueError(f"no input for any branch of {self.spec.name}: expected {self.spec.branch_names}")
         return (maps, feats) if return_features else maps
+
+
+def parity_arrays(model: MultiBranchVQA, inputs: Mapping[str, jax.Array], case: Mapping) -> dict[str, jax.Array]:
+    """What the official DOVER / FAST-VQA parity fixtures hold, from their normalised [B, C, T, H, W] inputs:
+    per branch the head's map [B, 1, T', H', W'], the backbone output [B, C, T', H', W'] and its channel means,
+    the branch means (each map's mean, as the official scripts report it) and the fused score."""
+    clips = {b: jnp.moveaxis(x, 1, -1)[:, None] for b, x in inputs.items()}  # → (B, 1 clip, T, H, W, C)
+    _, maps, feats = map_scores(model, clips, features=True)
+    out = {}
+    for branch, m in maps.items():
+        out[f"{branch}_score_map"] = m  # (B, 1 clip, T', H', W'): the clip axis stands for the channel axis
+        out[f"{branch}_feat_channel_mean"] = feats[branch].mean(axis=(1, 2, 3))
+        out[f"{branch}_feat"] = jnp.moveaxis(feats[branch], -1, 1)
+    means = {b: maps[b].mean() for b in model.spec.branch_names if b in maps}
+    out["branch_means"] = jnp.stack(list(means.values()))
+    if model.spec.fusion is not None and set(model.spec.fusion.branches) <= set(means):
+        out["fused"] = model.spec.fusion(means)
+    return out

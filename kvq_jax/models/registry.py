@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -79,8 +79,10 @@ class ModelSpec:
     ``arch`` is the family's own architecture config, read by ``build``. ``outputs`` names the model's scores
     when they are not one per branch (e.g. one score from a head over concatenated branch features); by default
     each branch yields its own score. ``fusion`` is the normalised overall score of the released weights (None
-    when the official code reports none). ``checkpoint_filter`` maps an official state_dict onto this model's
-    layout before the strict conversion (timm's checkpoint_filter_fn).
+    when the official code reports none). ``checkpoint_filter`` maps an official state_dict (all its files merged)
+    onto this model's layout before the strict conversion (timm's checkpoint_filter_fn). ``parity`` computes, from
+    a parity case's inputs (normalised, in the fixture's layout) and its config, the arrays the official code's
+    fixture holds.
     """
 
     name: str
@@ -93,6 +95,7 @@ class ModelSpec:
     weights: OfficialWeights | None = None
     official: OfficialCode | None = None
     checkpoint_filter: Callable[[StateDict], StateDict] | None = None
+    parity: Callable[[nnx.Module, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
 
     @property
     def branch_names(self) -> tuple[str, ...]:
