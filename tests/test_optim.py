@@ -12,6 +12,8 @@ import pytest
 
 from kvq_jax.train.optim import (
     cosine_schedule,
+    ema_init,
+    ema_params,
     ema_update,
     lr_at,
     make_optimizer,
@@ -331,3 +333,22 @@ def test_ema_arithmetic() -> None:
         ema_update(ema, params, 1.5)
     with pytest.raises(ValueError, match="decay"):
         ema_update(ema, params, float("nan"))
+
+
+def test_ema_keeps_only_trainable_params() -> None:
+    """A frozen param is its own average: the EMA holds the trainable ones, and stands in for them alone."""
+    params = {"backbone": {"w": np.ones(3, np.float32)}, "head": {"w": np.zeros(2, np.float32), "b": np.float32(1)}}
+    frozen = {"backbone": {"w": True}, "head": {"w": False, "b": False}}
+    ema = ema_init(params, frozen)
+    assert set(ema) == {"head"} and set(ema["head"]) == {"w", "b"}
+    moved = {
+        "backbone": {"w": np.full(3, 5.0, np.float32)},
+        "head": {"w": np.full(2, 2.0, np.float32), "b": np.float32(3)},
+    }
+    ema = ema_update(ema, moved, 0.75)
+    np.testing.assert_allclose(ema["head"]["w"], [0.5, 0.5])  # 0.75·0 + 0.25·2
+    np.testing.assert_allclose(ema["head"]["b"], 1.5)  # 0.75·1 + 0.25·3
+    merged = ema_params(moved, ema)
+    np.testing.assert_allclose(merged["backbone"]["w"], 5.0)  # frozen: the param itself
+    np.testing.assert_allclose(merged["head"]["w"], [0.5, 0.5])
+    assert jax.tree.structure(merged) == jax.tree.structure(moved)

@@ -117,7 +117,7 @@ def _restored_model(root: Path, step: int) -> nnx.Module:
     target = {"params": params, "stats": stats}
     current = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), target)
     mngr = ocp.CheckpointManager((root / "run" / "checkpoints").absolute(), item_names=("state", "data_iter"))
-    got = checkpoints.restore_model_state(mngr, step, current, ema=False)
+    got = checkpoints.restore_model_state(mngr, step, current)
     return nnx.merge(nnx.graphdef(abstract), got["params"], got["stats"])
 
 

@@ -132,3 +132,49 @@ def test_kill_and_resume_gives_identical_losses(tmp_path):
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(ref[step], rel=1e-6), step
+
+
+def _main_cmd(tmp_path: Path, data_dir: Path, workdir: Path, **overrides) -> list[str]:
+    """`python -m kvq_jax.main` on the tiny model: a config file of the user's kind, importing tests/tiny.py."""
+    cfg = tmp_path / "tiny_config.py"
+    cfg.write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport tiny\n\n\n"
+        f"def get_config():\n    return tiny.config({str(data_dir)!r}, **{overrides!r})\n"
+    )
+    return [sys.executable, "-m", "kvq_jax.main", f"--config={cfg}", f"--workdir={workdir}"]
+
+
+def _damage(checkpoint: Path) -> None:
+    """Truncate the largest file of a checkpoint's train state to half its size."""
+    biggest = max((p for p in (checkpoint / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = biggest.read_bytes()
+    biggest.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_training_continues_from_the_previous_one(tmp_path):
+    data, work = tmp_path / "tfds", tmp_path / "run"
+    keep2 = {"checkpoint.keep_latest": 2}
+    r = subprocess.run(_main_cmd(tmp_path, data, work, **keep2), env=_env(1), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = _metrics(work)
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    _damage(work / "checkpoints" / "6")
+
+    r = subprocess.run(_main_cmd(tmp_path, data, work, **keep2), env=_env(1), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert "checkpoint 6 cannot be read" in r.stderr and "resumed from the checkpoint of step 3" in r.stderr
+    assert (work / "damaged_checkpoints" / "6" / "state").is_dir()  # kept aside, not deleted
+    resumed = _metrics(work)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in (4, 5, 6):  # steps 4-6 were trained again from step 3: same batches, dropout and schedule
+        assert resumed[step] == pytest.approx(first[step], rel=1e-6), step
+
+    # Nothing readable left: one line, status 1, and the damaged checkpoints are still kept.
+    for step in (3, 6):
+        _damage(work / "checkpoints" / str(step))
+    r = subprocess.run(_main_cmd(tmp_path, data, work, **keep2), env=_env(1), capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no checkpoint in") and "can be read" in last
+    assert {p.name for p in (work / "damaged_checkpoints").iterdir()} == {"3", "6", "6-2"}

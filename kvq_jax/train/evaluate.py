@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from kvq_jax.data import pipeline
 from kvq_jax.eval import challenge, metrics
-from kvq_jax.train import sharding
+from kvq_jax.train import optim, sharding
 from kvq_jax.train.data import score_names, truth_and_pairs, view_specs
 
 
@@ -129,7 +129,7 @@ def evaluate(cfg, workdir: Path, mesh, eval_fn, state: Mapping, step: int, split
     """Evaluate raw (and EMA) params on `splits`; write predictions CSVs and results/<split>.json."""
     param_sets = {"raw": state["params"]}
     if "ema" in state:
-        param_sets["ema"] = state["ema"]
+        param_sets["ema"] = optim.ema_params(state["params"], state["ema"])
     stats = state.get("stats", nnx.State({}))
     all_results = {}
     for split in splits:

@@ -1,8 +1,9 @@
 """The train state: the model (fresh or from weights), optimiser, EMA, placed on the mesh with its shardings.
 
 The state is a plain pytree so orbax can save it asynchronously: ``params``, ``stats`` (the model's other
-variables, e.g. BatchNorm statistics, only when it has any), ``opt_state``, ``step`` and ``ema`` (of the params
-only, as the official code averages ``named_parameters``; evaluating the EMA uses the current statistics).
+variables, e.g. BatchNorm statistics, only when it has any), ``opt_state``, ``step`` and ``ema`` (of the trainable
+params only, as the official code averages ``named_parameters`` and a frozen param is its own average; evaluating
+the EMA uses the current statistics).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.Graph
     return train_graph, eval_graph, params, stats
 
 
-def init_state(params: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, ema: bool) -> dict:
+def init_state(
+    params: nnx.State, stats: nnx.State, tx: optax.GradientTransformation, ema: bool, frozen: PyTree | None = None
+) -> dict:
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     if jax.tree.leaves(stats):
         state["stats"] = stats
     if ema:
-        state["ema"] = jax.tree.map(jnp.copy, params)
+        state["ema"] = optim.ema_init(params, frozen)
     return state
 
 
@@ -54,8 +57,10 @@ def place_state(cfg: ml_collections.ConfigDict, mesh, params: nnx.State, stats: 
     """The train state built on device with its shardings (replicated, or FSDP-split by `cfg.sharding`), and
     those shardings: with FSDP the optimiser state is never whole on one device."""
 
+    frozen = frozen_mask(cfg, params)
+
     def init(p: nnx.State, s: nnx.State) -> dict:
-        return init_state(p, s, tx, ema=bool(cfg.get("ema_decay")))
+        return init_state(p, s, tx, ema=bool(cfg.get("ema_decay")), frozen=frozen)
 
     shardings = sharding.state_shardings(
         jax.eval_shape(init, params, stats), mesh, cfg.sharding.rules, cfg.sharding.min_size

@@ -83,27 +83,22 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
             donate_argnums=0,
         )
         eval_fn = eval_step_for(cfg, eval_graph)
-        mngr = checkpoints.checkpoint_manager(workdir, cfg)
-        start = mngr.latest_step() or 0
-        iter_fits = start and checkpoints.iterator_checkpoint_fits(mngr, start)
-        data_iter = pipeline.train_iterator(
-            train_source,
-            data.train_view_specs(cfg),
-            global_batch_size=cfg.train.batch_size,
-            seed=cfg.seed,
-            num_workers=cfg.data.num_workers,
-            mesh=mesh,
-            start_batch=0 if iter_fits else start,
-        )
-        if start:
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state)
-            items = {"state": ocp.args.StandardRestore(target)}
-            if iter_fits:
-                items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-            else:
-                logging.info("data iterator saved for another process count: data resume at batch %d", start)
-            train_state = mngr.restore(start, args=ocp.args.Composite(**items))["state"]
-            logging.info("resumed from step %d in %s", start, workdir)
+
+        def make_iterator(start_batch: int):
+            return pipeline.train_iterator(
+                train_source,
+                data.train_view_specs(cfg),
+                global_batch_size=cfg.train.batch_size,
+                seed=cfg.seed,
+                num_workers=cfg.data.num_workers,
+                mesh=mesh,
+                start_batch=start_batch,
+            )
+
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state)
+        mngr, start, restored, data_iter = checkpoints.resume(workdir, cfg, target, make_iterator)
+        if restored is not None:
+            train_state = restored
 
         eval_splits = tuple(cfg.eval.splits)
         bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0, unit="step")
@@ -144,6 +139,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
                     ),
                     metrics={"final": checkpoints.selection_metric(first)} if first else None,
                 )
+                checkpoints.notice(f"checkpoint of step {step} -> {mngr.directory}/{step}")
         bar.close()
         mngr.wait_until_finished()
         if not results and eval_splits:
@@ -175,7 +171,10 @@ def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
             mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data_iter"))
             step = mngr.latest_step() or 0
             if step:
-                current = checkpoints.restore_model_state(mngr, step, current, ema=bool(cfg.get("ema_decay")))
+                ema = (
+                    optim.ema_init(current["params"], state.frozen_mask(cfg, params)) if cfg.get("ema_decay") else None
+                )
+                current = checkpoints.restore_model_state(mngr, step, current, ema)
                 logging.info("evaluating the checkpoint of step %d in %s", step, ckpt_dir)
         if not jax.tree.leaves(current.get("stats")):
             current.pop("stats", None)
