@@ -51,8 +51,8 @@ def _to_flax(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
 
 
 def _is_head_conv(path: tuple) -> bool:
-    """The official VQA heads are 1×1×1 Conv3d layers that we hold as Dense (`*_head` / `vqa_head` modules)."""
-    return any(str(p).endswith("head") and str(p) != "head" for p in path)
+    """The official VQAHead's layers (`fc_hid`, `fc_last`) are 1×1×1 Conv3d layers that we hold as Dense."""
+    return len(path) > 1 and str(path[-2]) in ("fc_hid", "fc_last")
 
 
 def _expected_torch_shape(name: str, shape: tuple[int, ...], is_head_conv: bool) -> tuple[int, ...]:
@@ -73,15 +73,19 @@ def index_buffers(model: nnx.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module) -> nnx.State:
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray], model: nnx.Module, *, allow_missing: bool = False
+) -> nnx.State:
     """Map an official state_dict onto `model`'s variables (abstract or concrete) and return the filled State.
 
-    The model's spec `checkpoint_filter` (if any) runs first. Strict: every checkpoint key must be used, every
-    variable filled, every shape right; index buffers present in the checkpoint must equal the recomputed ones.
-    Raises ConversionError listing all problems at once.
+    The model's spec `checkpoint_filter` (if any) runs first; `model` may also be a layer module without a spec.
+    Strict: every checkpoint key must be used, every variable filled, every shape right; index buffers present in
+    the checkpoint must equal the recomputed ones. Raises ConversionError listing all problems at once.
+    ``allow_missing`` (pretrained backbone files, which hold no head): variables the checkpoint lacks are left
+    out of the returned State instead of being an error; everything else stays strict.
     """
-    spec = model.spec
-    if spec.checkpoint_filter is not None:
+    spec = getattr(model, "spec", None)  # a layer module (e.g. an ImageNet backbone) has none, hence no filter
+    if spec is not None and spec.checkpoint_filter is not None:
         state_dict = spec.checkpoint_filter(dict(state_dict))
     flat = nnx.to_flat_state(nnx.state(model))
     buffers = index_buffers(model)
@@ -92,7 +96,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module) 
         key = _torch_key(path)
         shape = tuple(var.shape)
         if key not in remaining:
-            missing.append(key)
+            if not allow_missing:
+                missing.append(key)
             continue
         value = np.asarray(remaining.pop(key))
         out = _to_flax(str(path[-1]), value, shape)
@@ -119,7 +124,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module) 
         if keys:
             problems.append(f"{len(keys)} {title}:\n  " + "\n  ".join(keys))
     if problems:
-        raise ConversionError(f"checkpoint does not match model {spec.name!r}:\n" + "\n".join(problems))
+        name = spec.name if spec is not None else type(model).__name__
+        raise ConversionError(f"checkpoint does not match model {name!r}:\n" + "\n".join(problems))
     return nnx.from_flat_state(filled)
 
 

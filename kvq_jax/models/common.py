@@ -51,3 +51,47 @@ class DropPath(nnx.Module):
         if self.drop is None:
             return x
         return self.drop(x, rngs=rngs)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """BatchNorm over the last axis with PyTorch's semantics: the ResNet, SlowFast and EfficientNet-Lite layers.
+
+    Why not `nnx.BatchNorm` as it is: in train mode PyTorch normalises with the biased batch variance but updates
+    ``running_var`` with the *unbiased* one (× n / (n − 1)), and its momentum weighs the new batch
+    (``running ← (1 − momentum)·running + momentum·batch``); flax uses the biased variance for both. Statistics
+    are float32 whatever the compute dtype. Eval mode (``model.eval()``) uses the running statistics.
+
+    The batch statistics are means over every axis but the last of the array the call sees. Under `jax.jit` with a
+    global batch sharded over devices that array is the *global* batch, so normalisation and running statistics
+    are synchronised over all devices (PyTorch's SyncBatchNorm, not DistributedDataParallel's per-device
+    statistics).
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, momentum: float = 0.1, dtype: Dtype, rngs: nnx.Rngs):
+        super().__init__(
+            dim,
+            momentum=1.0 - momentum,
+            epsilon=eps,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            use_fast_variance=False,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
+        eval_mode = self.use_running_average if use_running_average is None else use_running_average
+        if eval_mode:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = xf.mean(axes)
+            var = jnp.square(xf - mean).mean(axes)
+            n = x.size // x.shape[-1]
+            m = 1.0 - self.momentum  # PyTorch's momentum
+            unbiased = var * (n / max(n - 1, 1))
+            self.mean[...] = jax.lax.stop_gradient((1 - m) * self.mean[...] + m * mean)
+            self.var[...] = jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased)
+        inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        shift = self.bias[...] - mean * inv
+        return (x.astype(jnp.float32) * inv + shift).astype(self.dtype or x.dtype)
