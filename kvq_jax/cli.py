@@ -7,6 +7,7 @@
     kvq-jax bench ...                           JAX vs PyTorch speed (kvq_jax.bench)
     kvq-jax eval-score --pred P --truth T ...   the NTIRE 2024 KVQ challenge score (kvq_jax.eval.score)
     kvq-jax submit --pred P --out D             a Codalab submission zip (kvq_jax.eval.submit)
+    kvq-jax ensemble A.csv B.csv ...            fuse prediction files (kvq_jax.eval.ensemble)
 
 `kvq-jax COMMAND --help` shows a command's options. Each command's module is imported only when it runs,
 so `kvq-jax score` does not pay for PyTorch-side imports of `bench`, and a missing optional module
@@ -28,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kvq_jax.bench", "benchmark JAX (and optionally the PyTorch originals)"),
     "eval-score": ("kvq_jax.eval.score", "the NTIRE 2024 KVQ challenge score of a prediction file"),
     "submit": ("kvq_jax.eval.submit", "write prediction.csv and a Codalab submission zip"),
+    "ensemble": ("kvq_jax.eval.ensemble", "fuse several prediction files; members and ensemble side by side"),
 }
 _OWN_PROG = {"kvq_jax.predict", "kvq_jax.export"}  # these accept prog= for their --help
 

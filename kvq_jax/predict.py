@@ -169,17 +169,23 @@ def resolve_views(
 
 
 class Scorer:
-    """A model's scoring function, jit-compiled once for a fixed batch; smaller batches are padded."""
+    """A model's scoring function, jit-compiled once for a fixed batch; smaller batches are padded.
 
-    def __init__(self, model: nnx.Module, views: Mapping[str, ViewSpec], batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ``samples`` > 1 scores that many random samplings of every view at once (test-time augmentation: they are
+    stacked on the clip axis, over which the score averages).
+    """
+
+    def __init__(self, model: nnx.Module, views: Mapping[str, ViewSpec], batch_size: int, samples: int = 1):
+        if batch_size < 1 or samples < 1:
+            raise ValueError(f"batch_size and samples must be >= 1, got {batch_size}, {samples}")
         missing = set(model.spec.branch_names) - set(views)
         if missing:
             raise ValueError(f"no views for branches {sorted(missing)} of {model.spec.name}")
         model.eval()
         self.spec: ModelSpec = model.spec
         self.views = {b: views[b] for b in model.spec.branch_names}
+        self.samples = samples
+        self.shapes = {b: (v.num_clips * samples, *v.shape[1:]) for b, v in self.views.items()}
         self.batch_size = batch_size
         self.compile_seconds: float | None = None
         graphdef, self._state = nnx.split(model)
@@ -194,7 +200,7 @@ class Scorer:
         """Compile for (batch_size, *view) uint8 inputs (done by the first call otherwise); returns seconds."""
         if self._compiled is None:
             t = time.perf_counter()
-            args = {b: jax.ShapeDtypeStruct((self.batch_size, *v.shape), jnp.uint8) for b, v in self.views.items()}
+            args = {b: jax.ShapeDtypeStruct((self.batch_size, *shape), jnp.uint8) for b, shape in self.shapes.items()}
             self._compiled = self._fn.lower(self._state, args).compile()
             self.compile_seconds = time.perf_counter() - t
         return self.compile_seconds
@@ -208,7 +214,7 @@ class Scorer:
         if not 1 <= n <= self.batch_size:
             raise ValueError(f"batch of {n} videos; this scorer takes 1 to {self.batch_size}")
         for branch, v in views.items():
-            want = self.views[branch].shape
+            want = self.shapes[branch]
             if v.shape[1:] != want or v.dtype != np.uint8:
                 raise ValueError(f"view {branch!r}: expected uint8 (n, {want}), got {v.dtype} {v.shape}")
         self.compile()
@@ -240,10 +246,12 @@ class VideoScore:
         return self.error is None
 
 
-def load_views(item: VideoItem, views: Mapping[str, ViewSpec], seed: int | None) -> dict[str, np.ndarray]:
+def load_views(
+    item: VideoItem, views: Mapping[str, ViewSpec], seed: int | None, samples: int = 1
+) -> dict[str, np.ndarray]:
     """Decode one video's views; seeded views use a fresh ``default_rng(seed)`` per video."""
     rng = None if seed is None else np.random.default_rng(seed)
-    return sample_views(item.path, views, rng, name=item.name)
+    return sample_views(item.path, views, rng, name=item.name, samples=samples)
 
 
 def _error_text(err: BaseException) -> str:
@@ -313,14 +321,14 @@ def score_videos(
         queue: deque[tuple[int, Future]] = deque()
         upcoming = iter(range(len(videos)))
         for i in upcoming:
-            queue.append((i, pool.submit(load_views, videos[i], scorer.views, seed)))
+            queue.append((i, pool.submit(load_views, videos[i], scorer.views, seed, scorer.samples)))
             if len(queue) >= prefetch:
                 break
         while queue:
             i, future = queue.popleft()
             nxt = next(upcoming, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(load_views, videos[nxt], scorer.views, seed)))
+                queue.append((nxt, pool.submit(load_views, videos[nxt], scorer.views, seed, scorer.samples)))
             try:
                 views = future.result()
             except Exception as err:  # decode errors, too-small videos, ...: report the video and go on
@@ -493,6 +501,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument(
         "--seed", type=int, help="sample views at random with this seed (default: centred deterministic views)"
     )
+    ap.add_argument(
+        "--tta",
+        type=int,
+        default=1,
+        metavar="K",
+        help="test-time augmentation: average K random samplings of every view (seed --seed, default 0)",
+    )
     ap.add_argument("--batch-size", type=int, default=4, help="videos per compiled batch (default 4)")
     ap.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default %(default)s)"
@@ -518,8 +533,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     ap = build_parser(prog)
     args = ap.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 1:
-        ap.error("--batch-size and --workers must be >= 1")
+    if args.batch_size < 1 or args.workers < 1 or args.tta < 1:
+        ap.error("--batch-size, --workers and --tta must be >= 1")
+    if args.tta > 1 and args.seed is None:
+        args.seed = 0
     if args.weights is None and not args.random_weights:
         print(weights_help(args.model or default_model()), file=sys.stderr)
         return 2
@@ -553,10 +570,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         f"{name} ({'random weights' if args.random_weights else ', '.join(args.weights)}, {args.dtype}) on "
         f"{jax.devices()[0].platform}: {len(videos)} video(s), batch {batch}, views {shapes}"
         + (f", seed {args.seed}" if args.seed is not None else ", centred views")
+        + (f", {args.tta} samplings averaged" if args.tta > 1 else "")
         + (f"; compile cache {cache}" if cache else ""),
         file=sys.stderr,
     )
-    scorer = Scorer(model, views, batch)
+    scorer = Scorer(model, views, batch, samples=args.tta)
     results = score_videos(
         scorer,
         videos,

@@ -192,6 +192,23 @@ def test_av1_and_16px_videos_are_scored(weights, compile_cache, tmp_path):
     np.testing.assert_allclose(got, direct_scores(model, [av1, tiny], None), rtol=1e-5, atol=1e-7)
 
 
+def test_tta_averages_k_samplings(media, weights, compile_cache, tmp_path):
+    """--tta 3: three random samplings of the views (stacked as clips, so the score map's mean averages them)."""
+    model, weights_dir = weights
+    video, out = media / "gradient.mp4", tmp_path / "tta.csv"
+    args = [str(video), "--model", MODEL, "--weights", str(weights_dir), "--tta", "3", "--seed", str(SEED)]
+    assert run_cli([*args, "--out", str(out)], compile_cache) == 0
+    _, (row,) = read_rows(out)
+    views = sample_views(video, small_views(), np.random.default_rng(SEED), samples=3)["fragments"]
+    assert views.shape[0] == 3
+    model.eval()
+    batch = {"fragments": jnp.asarray((views[None].astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)}
+    expected = float(jax.jit(lambda v: map_scores(model, v)[0])(batch)["fragments"][0])
+    assert float(row["fragments"]) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    single = float(direct_scores(model, [video], SEED)[0])
+    assert abs(float(row["fragments"]) - single) > 1e-6  # really more than one sampling
+
+
 def test_single_file_centred_views_are_deterministic(media, weights, compile_cache, tmp_path, capsys):
     _, weights_dir = weights
     video = media / "gradient.mp4"

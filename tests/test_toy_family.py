@@ -95,6 +95,7 @@ def _config(data_dir: Path):
     c.train.eval_every = 6
     c.eval.batch_size = 4
     c.checkpoint.every = 3
+    c.checkpoint.keep_latest = 2  # steps 3 and 6: the checkpoint ensemble below
     c.checkpoint["async"] = False
     c.optim.warmup_steps = 1
     c.optim.lr = 1e-2
@@ -200,3 +201,35 @@ def test_export_runs_without_the_model_code(trained, tmp_path):
     views = sample_views(video, SPEC.views, None)
     got = scorer({b: v[None] for b, v in views.items()})
     assert float(got["quality"][0]) == pytest.approx(_direct_score(model, video), rel=1e-5, abs=1e-6)
+
+
+def _predictions(path: Path) -> dict[str, float]:
+    return {row["filename"]: float(row["score"]) for row in csv.DictReader(path.open())}
+
+
+def test_checkpoint_ensembles_and_test_time_augmentation(trained):
+    cfg, root, _ = trained
+    run, raw = root / "run", root / "tfds" / "kvq_synthetic_raw"
+    latest = _predictions(run / "predictions" / "val_raw_step6.csv")
+    result = trainer.evaluate_only(_with(cfg, {"eval.checkpoints": 2}), run)["val"]
+    assert result["step"] == 6 and result["averaged_checkpoints"] == 2
+    averaged = _predictions(run / "predictions" / "val_raw_avg2_step6.csv")
+    # The average of the two checkpoints' predictions, the step-3 ones computed here from its restored weights.
+    step3 = _restored_model(root, 3)
+    for name, score in averaged.items():
+        assert score == pytest.approx((latest[name] + _direct_score(step3, raw / name)) / 2, rel=1e-5, abs=1e-6)
+    # A uniform soup of the two checkpoints' weights, evaluated once.
+    trainer.evaluate_only(_with(cfg, {"eval.checkpoints": 2, "eval.average": "params"}), run)
+    assert set(_predictions(run / "predictions" / "val_raw_soup2_step6.csv")) == set(latest)
+    # Test-time augmentation: 3 random samplings per video, averaged; drawn per video, so reproducible.
+    tta = trainer.evaluate_only(_with(cfg, {"eval.tta": 3}), run)["val"]
+    first = _predictions(run / "predictions" / "val_raw_step6.csv")
+    assert np.isfinite(tta["srocc"]) and first != latest
+    trainer.evaluate_only(_with(cfg, {"eval.tta": 3}), run)
+    assert _predictions(run / "predictions" / "val_raw_step6.csv") == first
+
+
+def _with(cfg, overrides):
+    c = cfg.copy_and_resolve_references()
+    c.update_from_flattened_dict(overrides)
+    return c

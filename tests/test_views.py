@@ -549,3 +549,18 @@ def test_viewspec_validation():
         ViewSpec("resize", clip_len=0)
     with pytest.raises(ValueError, match="t_frag"):
         ViewSpec("resize", clip_len=4, t_frag=8)
+
+
+def test_several_samplings_stack_on_the_clip_axis(ramp_clip):
+    """Two samplings of a 4-frame view of the 48-frame ramp: 4 segments of 12 frames, offsets drawn in [0, 10)."""
+    views = {
+        "technical": DOVER_VIEWS["technical"],
+        "short": ViewSpec("resize", clip_len=4, t_frag=4, size_h=32, size_w=32),
+    }
+    out = sample_views(ramp_clip, views, np.random.default_rng(3), samples=2)
+    assert out["technical"].shape == (6, 32, 224, 224, 3) and out["short"].shape == (2, 4, 32, 32, 3)
+    frames = np.rint((out["short"].mean(axis=(2, 3, 4)) - 8) / 4).astype(int)  # frame index of each view frame
+    assert ((frames % 12) < 10).all() and (frames // 12 == np.arange(4)).all()  # one frame per segment
+    assert not np.array_equal(frames[0], frames[1])  # two independent draws
+    with pytest.raises(ValueError, match="an rng"):
+        sample_views(ramp_clip, views, None, samples=2)

@@ -139,23 +139,27 @@ class _PaddedShard:
 
 @dataclasses.dataclass(frozen=True)
 class _EvalViews(grain.transforms.Map):
-    """Deterministic views; padding and decode failures become zero rows with ``valid=False``."""
+    """Deterministic views (centred, or ``tta`` samplings seeded by (seed, record index)); padding and decode
+    failures become zero rows with ``valid=False``."""
 
     views: Mapping[str, views_lib.ViewSpec]
     shapes: Mapping[str, tuple[int, ...]]
+    tta: int = 1
+    seed: int = 0
 
     def _zeros(self) -> dict[str, np.ndarray]:
         return {k: np.zeros(s, np.uint8) for k, s in self.shapes.items()}
 
     def map(self, item: tuple[int, Any]) -> dict[str, Any]:
-        _, record = item
+        index, record = item
         if record is None:
             out = _example({"name": b"", "mos": math.nan, "source_id": -1}, self._zeros(), False)
             out["error"] = np.array("", dtype=object)
             return out
         name = _name(record).decode(errors="replace")
         try:
-            arrays = views_lib.sample_views(record["video"], self.views, None, name=name)
+            rng = np.random.default_rng([self.seed, index]) if self.tta > 1 else None
+            arrays = views_lib.sample_views(record["video"], self.views, rng, name=name, samples=self.tta)
             error = ""
         except decode.VideoDecodeError as e:
             logging.warning("eval: a video does not decode; it is marked invalid and reported: %s", e)
@@ -265,6 +269,8 @@ def eval_iterator(
     *,
     global_batch_size: int,
     num_clips: int | None = None,
+    tta: int = 1,
+    seed: int = 0,
     num_workers: int = 0,
     shard_index: int | None = None,
     shard_count: int | None = None,
@@ -274,8 +280,9 @@ def eval_iterator(
     """Every record of ``data_source`` once (over all processes), deterministic views, padded last batches.
 
     ``views`` is branch -> ViewSpec (a model's test-time views); ``num_clips`` overrides each
-    branch's clip count. Rows with ``valid=False`` are padding (empty ``name``) or decode failures
-    (``error`` says why; see :func:`failed_names`).
+    branch's clip count; ``tta`` > 1 stacks that many random samplings of every view on the clip axis (drawn
+    from (``seed``, record index), so on any number of processes). Rows with ``valid=False`` are padding (empty
+    ``name``) or decode failures (``error`` says why; see :func:`failed_names`).
     """
     index, count = _process(shard_index, shard_count)
     local = _local_batch(global_batch_size, count, mesh)
@@ -285,7 +292,8 @@ def eval_iterator(
         raise ValueError("empty data source")
     start, stop, length = eval_plan(n, global_batch_size, index, count)
     ds = grain.MapDataset.source(_PaddedShard(data_source, start, stop, length))
-    ds = ds.map(_EvalViews(spec, {k: v.shape for k, v in spec.items()}))
+    shapes = {k: (v.num_clips * tta, *v.shape[1:]) for k, v in spec.items()}
+    ds = ds.map(_EvalViews(spec, shapes, tta, seed))
     return _finish(ds, num_workers, read_threads, local, drop_remainder=False)
 
 

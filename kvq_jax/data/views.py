@@ -377,23 +377,29 @@ def sample_views(
     rng: np.random.Generator | None,
     name: str | None = None,
     *,
+    samples: int = 1,
     num_threads: int = 1,
 ) -> dict[str, np.ndarray]:
     """Decode ``source`` once and build every view: branch -> uint8 ``[num_clips, T, H, W, 3]``.
 
     All temporal draws come first (in the order of ``views``), then the spatial draws; the union of the frame
-    indices of all views is decoded in one sorted pass. Raises :class:`~kvq_jax.data.decode.VideoDecodeError`
-    for unreadable videos.
+    indices of all views is decoded in one sorted pass. ``samples`` > 1 draws that many independent samplings
+    (test-time augmentation; needs ``rng``, as centred views would all be alike), stacked on the clip axis:
+    ``[samples · num_clips, T, H, W, 3]``, so a scorer that averages over clips averages over samplings too.
+    Raises :class:`~kvq_jax.data.decode.VideoDecodeError` for unreadable videos.
     """
     if not views:
         raise ValueError("no views requested")
+    if samples < 1 or (samples > 1 and rng is None):
+        raise ValueError(f"samples={samples}: need samples >= 1, and an rng for more than one sampling")
     label = source_label(source, name)
     reader = open_video(source, name, num_threads=num_threads)
-    indices = sample_view_indices(len(reader), views, rng)
-    wanted = np.unique(np.concatenate(list(indices.values())))
+    draws = [sample_view_indices(len(reader), views, rng) for _ in range(samples)]
+    wanted = np.unique(np.concatenate([i for d in draws for i in d.values()]))
     frames = decode_frames(reader, wanted, name=label)
     del reader
-    return {
-        branch: make_view(frames, spec, rng, order=np.searchsorted(wanted, indices[branch]))
-        for branch, spec in views.items()
-    }
+    out = {}
+    for branch, spec in views.items():
+        parts = [make_view(frames, spec, rng, order=np.searchsorted(wanted, d[branch])) for d in draws]
+        out[branch] = parts[0] if samples == 1 else np.concatenate(parts)
+    return out

@@ -62,6 +62,7 @@ __all__ = [
     "Pairs",
     "ScoreInputError",
     "bootstrap_ci",
+    "bootstrap_replicates",
     "challenge_score",
     "logistic_scores",
     "pair_accuracy",
@@ -388,6 +389,77 @@ def logistic_scores(pred: Mapping[str, float], truth: Mapping[str, float]) -> di
     }
 
 
+def bootstrap_replicates(
+    preds: Sequence[Mapping[str, float]], truth: Mapping[str, float], pairs: Pairs, n_boot: int, seed: int = 0
+) -> list[dict[str, list[float]]]:
+    """Per prediction set, every :class:`ChallengeScore` field over ``n_boot`` video resamples, the *same*
+    resamples for every set (so differences between sets are paired).
+
+    Each replicate draws ``n`` truth videos with replacement; correlations use the drawn multiset.  A pair
+    enters a replicate once per combination of drawn copies of its two videos (weight ``c1 * c2``), the
+    usual bootstrap of a pairwise statistic: its expected weight is ~1, and pairs stay tied to the videos
+    whose sampling variability the interval describes.  Replicates where a part is undefined for any set
+    (constant draws, a sheet with no drawn pair) are dropped for all.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    for pred in preds:
+        _validate(pred, truth, pairs)
+    names = list(truth)
+    index = {k: i for i, k in enumerate(names)}
+    y = np.array([truth[k] for k in names], dtype=np.float64)
+    ps = [np.array([pred[k] for k in names], dtype=np.float64) for pred in preds]
+    sheets = []
+    for pred in preds:
+        per_kind = {}
+        for kind in PAIR_KINDS:
+            sheet = getattr(pairs, kind)
+            i1 = np.array([index[q.video1] for q in sheet])
+            i2 = np.array([index[q.video2] for q in sheet])
+            correct = np.array([(1 if pred[q.video1] >= pred[q.video2] else 2) == q.rank for q in sheet], float)
+            per_kind[kind] = (i1, i2, correct)
+        sheets.append(per_kind)
+    rng = np.random.default_rng(seed)
+    keys = [f.name for f in dataclasses.fields(ChallengeScore) if f.name != "n"]
+    draws: list[dict[str, list[float]]] = [{k: [] for k in keys} for _ in preds]
+    for _ in tqdm(range(n_boot), desc="bootstrap", disable=None, leave=False):
+        idx = rng.integers(0, len(names), size=len(names))
+        yb = y[idx]
+        counts = np.bincount(idx, minlength=len(names)).astype(float)
+        reps = []
+        for p, per_kind in zip(ps, sheets, strict=True):
+            pb = p[idx]
+            if np.ptp(yb) == 0 or np.ptp(pb) == 0:
+                break
+            acc = {}
+            for kind, (i1, i2, correct) in per_kind.items():
+                w = counts[i1] * counts[i2]
+                acc[kind] = float(w @ correct / w.sum()) if w.sum() > 0 else math.nan
+            if math.isnan(acc["source"]) or math.isnan(acc["nonsource"]):
+                break
+            srocc = float(scipy.stats.spearmanr(yb, pb)[0])
+            plcc = float(scipy.stats.pearsonr(yb, pb)[0])
+            reps.append(
+                {
+                    "final": 0.45 * srocc + 0.45 * plcc + 0.05 * acc["nonsource"] + 0.05 * acc["source"],
+                    "srocc": srocc,
+                    "plcc": plcc,
+                    "rank1": acc["source"],
+                    "rank2": acc["nonsource"],
+                    "krocc": metrics.krocc(pb, yb),
+                    "rmse": metrics.rmse(pb, yb, mapping="linear"),
+                }
+            )
+        if len(reps) < len(preds):
+            continue
+        for out, rep in zip(draws, reps, strict=True):
+            for k in keys:
+                out[k].append(rep[k])
+    if not draws[0]["final"]:
+        raise ScoreInputError(f"all {n_boot} bootstrap replicates were degenerate; too few videos or pairs")
+    return draws
+
+
 def bootstrap_ci(
     pred: Mapping[str, float],
     truth: Mapping[str, float],
@@ -396,59 +468,9 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[dict[str, tuple[float, float]], int]:
-    """Percentile bootstrap intervals for every :class:`ChallengeScore` field, resampling *videos*.
-
-    Each replicate draws ``n`` truth videos with replacement; correlations use the drawn multiset.  A pair
-    enters a replicate once per combination of drawn copies of its two videos (weight ``c1 * c2``), the
-    usual bootstrap of a pairwise statistic: its expected weight is ~1, and pairs stay tied to the videos
-    whose sampling variability the interval describes.  Replicates where a part is undefined (constant
-    draws, a sheet with no drawn pair) are dropped.  Returns the intervals and the number of replicates used.
-    """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    _validate(pred, truth, pairs)
-    names = list(truth)
-    index = {k: i for i, k in enumerate(names)}
-    y = np.array([truth[k] for k in names], dtype=np.float64)
-    p = np.array([pred[k] for k in names], dtype=np.float64)
-    sheets = {}
-    for kind in PAIR_KINDS:
-        sheet = getattr(pairs, kind)
-        i1 = np.array([index[q.video1] for q in sheet])
-        i2 = np.array([index[q.video2] for q in sheet])
-        correct = np.array([(1 if pred[q.video1] >= pred[q.video2] else 2) == q.rank for q in sheet], dtype=float)
-        sheets[kind] = (i1, i2, correct)
-    rng = np.random.default_rng(seed)
-    keys = [f.name for f in dataclasses.fields(ChallengeScore) if f.name != "n"]
-    draws: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in tqdm(range(n_boot), desc="bootstrap", disable=None, leave=False):
-        idx = rng.integers(0, len(names), size=len(names))
-        yb, pb = y[idx], p[idx]
-        if np.ptp(yb) == 0 or np.ptp(pb) == 0:
-            continue
-        counts = np.bincount(idx, minlength=len(names)).astype(float)
-        acc = {}
-        for kind, (i1, i2, correct) in sheets.items():
-            w = counts[i1] * counts[i2]
-            acc[kind] = float(w @ correct / w.sum()) if w.sum() > 0 else math.nan
-        if math.isnan(acc["source"]) or math.isnan(acc["nonsource"]):
-            continue
-        srocc = float(scipy.stats.spearmanr(yb, pb)[0])
-        plcc = float(scipy.stats.pearsonr(yb, pb)[0])
-        rep = {
-            "final": 0.45 * srocc + 0.45 * plcc + 0.05 * acc["nonsource"] + 0.05 * acc["source"],
-            "srocc": srocc,
-            "plcc": plcc,
-            "rank1": acc["source"],
-            "rank2": acc["nonsource"],
-            "krocc": metrics.krocc(pb, yb),
-            "rmse": metrics.rmse(pb, yb, mapping="linear"),
-        }
-        for k in keys:
-            draws[k].append(rep[k])
-    used = len(draws["final"])
-    if used == 0:
-        raise ScoreInputError(f"all {n_boot} bootstrap replicates were degenerate; too few videos or pairs")
+    """Percentile bootstrap intervals for every :class:`ChallengeScore` field, resampling *videos* (see
+    :func:`bootstrap_replicates`). Returns the intervals and the number of replicates used."""
+    (draws,) = bootstrap_replicates([pred], truth, pairs, n_boot, seed)
     tail = 100 * (1 - level) / 2
     intervals = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in draws.items()}
-    return intervals, used
+    return intervals, len(draws["final"])

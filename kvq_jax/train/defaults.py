@@ -53,6 +53,9 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.eval.splits = ("val",)
     c.eval.batch_size = 8
     c.eval.num_clips = ml_collections.FieldReference(None, field_type=int)  # None: the views' own
+    c.eval.tta = 1  # test-time augmentation: average this many random samplings of every view
+    c.eval.checkpoints = 1  # --mode eval: the latest N kept checkpoints (checkpoint.keep_latest >= N) ...
+    c.eval.average = "predictions"  # ... with their predictions averaged, or "params" (a uniform model soup)
 
     c.sharding = ml_collections.ConfigDict()
     c.sharding.fsdp = 1  # devices per FSDP group: params/EMA/optimiser state split this many ways; 1 = pure DP

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ def predict_split(
         specs,
         global_batch_size=cfg.eval.batch_size,
         num_clips=cfg.eval.get("num_clips"),
+        tta=cfg.eval.get("tta") or 1,
+        seed=cfg.seed,
         num_workers=cfg.data.num_workers,
         mesh=mesh,
     )
@@ -125,18 +127,41 @@ def write_predictions(path: Path, cfg, names, scores) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def evaluate(cfg, workdir: Path, mesh, eval_fn, state: Mapping, step: int, splits) -> dict[str, dict]:
-    """Evaluate raw (and EMA) params on `splits`; write predictions CSVs and results/<split>.json."""
-    param_sets = {"raw": state["params"]}
-    if "ema" in state:
-        param_sets["ema"] = optim.ema_params(state["params"], state["ema"])
-    stats = state.get("stats", nnx.State({}))
+def evaluate(
+    cfg,
+    workdir: Path,
+    mesh,
+    eval_fn,
+    states: Mapping | Sequence[Mapping],
+    step: int,
+    splits,
+    tag: str | None = None,
+) -> dict[str, dict]:
+    """Evaluate raw (and EMA) params on `splits`; write predictions CSVs and results/<split>.json.
+
+    With several train states (checkpoints of one run) their per-video predictions are averaged before scoring:
+    the NTIRE 2024 KVQ winner's checkpoint ensemble. Files are named by `tag` (default ``step<step>``).
+    """
+    states = [states] if isinstance(states, Mapping) else list(states)
+    tag = tag or f"step{step}"
     all_results = {}
     for split in splits:
         source = pipeline.load_split(cfg.data.data_dir, cfg.data.name, split)
-        preds, failed = predict_split(cfg, mesh, eval_fn, param_sets, stats, source, f"eval {split}")
+        runs = []
+        for state in states:
+            param_sets = {"raw": state["params"]}
+            if "ema" in state:
+                param_sets["ema"] = optim.ema_params(state["params"], state["ema"])
+            stats = state.get("stats", nnx.State({}))
+            runs.append(predict_split(cfg, mesh, eval_fn, param_sets, stats, source, f"eval {split}"))
+        preds = {
+            key: dict(p, scores=np.mean([r[0][key]["scores"] for r in runs], axis=0)) for key, p in runs[0][0].items()
+        }
+        failed = runs[0][1]
         truth, pairs = truth_and_pairs(cfg, source, split)
         result: dict[str, Any] = {"step": step, "split": split, "failed": [list(f) for f in failed]}
+        if len(states) > 1:
+            result["averaged_checkpoints"] = len(states)
         for key, p in preds.items():
             scored = score_predictions(cfg, p["name"], p["scores"], truth, pairs)
             if key == "raw":
@@ -145,9 +170,7 @@ def evaluate(cfg, workdir: Path, mesh, eval_fn, state: Mapping, step: int, split
                 result[key] = scored
             if jax.process_index() == 0:
                 (workdir / "predictions").mkdir(parents=True, exist_ok=True)
-                write_predictions(
-                    workdir / "predictions" / f"{split}_{key}_step{step}.csv", cfg, p["name"], p["scores"]
-                )
+                write_predictions(workdir / "predictions" / f"{split}_{key}_{tag}.csv", cfg, p["name"], p["scores"])
         if failed:
             logging.warning("%s: %d video(s) failed to decode and were not scored: %s", split, len(failed), failed)
         if jax.process_index() == 0:

@@ -20,7 +20,6 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -156,29 +155,44 @@ def _scalar(v: Any) -> bool:
 
 
 def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, dict]:
-    """Evaluate the latest checkpoint in `workdir` (raw and EMA params), or `cfg.init_weights` when there is none."""
+    """Evaluate the latest checkpoint in `workdir` (raw and EMA params), or `cfg.init_weights` when there is none.
+
+    ``eval.checkpoints=N`` uses the latest N kept checkpoints (keep them with ``checkpoint.keep_latest``):
+    ``eval.average="predictions"`` averages their per-video predictions (the NTIRE 2024 KVQ winner averaged 10),
+    ``"params"`` evaluates the uniform average of their weights (a model soup) once.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data.ensure_dataset(cfg)
     mesh = sharding.make_mesh(cfg.sharding.fsdp)
+    average = cfg.eval.get("average") or "predictions"
+    if average not in ("predictions", "params"):
+        raise ValueError(f"eval.average={average!r}: use 'predictions' or 'params'")
     with jax.set_mesh(mesh):
         _, eval_graph, params, stats = state.build_model(cfg)
         replicated = NamedSharding(mesh, P())  # restore targets every process's devices
         current: dict[str, Any] = jax.device_put({"params": params, "stats": stats}, replicated)
-        step = 0
+        states, step, tag = [current], 0, None
         ckpt_dir = workdir / "checkpoints"
+        kept = []
         if ckpt_dir.is_dir():
             mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data_iter"))
-            step = mngr.latest_step() or 0
-            if step:
-                ema = (
-                    optim.ema_init(current["params"], state.frozen_mask(cfg, params)) if cfg.get("ema_decay") else None
-                )
-                current = checkpoints.restore_model_state(mngr, step, current, ema)
-                logging.info("evaluating the checkpoint of step %d in %s", step, ckpt_dir)
-        if not jax.tree.leaves(current.get("stats")):
-            current.pop("stats", None)
-        results = evaluate(cfg, workdir, mesh, eval_step_for(cfg, eval_graph), current, step, tuple(cfg.eval.splits))
+            kept = sorted(mngr.all_steps())[-(cfg.eval.get("checkpoints") or 1) :]
+        if kept:
+            frozen = state.frozen_mask(cfg, params)
+            ema = optim.ema_init(current["params"], frozen) if cfg.get("ema_decay") else None
+            states = [checkpoints.restore_model_state(mngr, s, current, ema) for s in kept]
+            step = kept[-1]
+            if len(kept) > 1:
+                tag = f"{'soup' if average == 'params' else 'avg'}{len(kept)}_step{step}"
+                if average == "params":
+                    states = [jax.tree.map(lambda *xs: sum(xs) / len(xs), *states)]
+            checkpoints.notice(f"evaluating the checkpoint(s) of step(s) {kept} in {ckpt_dir}")
+        for st in states:
+            if not jax.tree.leaves(st.get("stats")):
+                st.pop("stats", None)
+        eval_fn = eval_step_for(cfg, eval_graph)
+        results = evaluate(cfg, workdir, mesh, eval_fn, states, step, tuple(cfg.eval.splits), tag)
     if jax.process_index() == 0:
         print(format_table(results))
     return results
