@@ -365,14 +365,17 @@ def reference_state_dict(model: nnx.Module, seed: int) -> dict[str, np.ndarray]:
 
 def bench_views(model_name: str, branches: Sequence[str], batch: int, frames: int | None, seed: int):
     """Deterministic uint8 views (batch, 1 clip, T, H, W, 3) per branch: the parity rule's uniform numbers
-    spread over 0–255."""
+    spread over 0–255. ``frames`` sets the longest view's T; the others keep their share (COVER: half as many
+    semantic frames, as its gates need)."""
     spec = get_spec(model_name)
+    longest = max(b.view.frames_per_clip for b in spec.branches)
     views = {}
     for j, branch in enumerate(spec.branches):
         if branch.name not in branches:
             continue
         view = branch.view
-        shape = (batch, 1, frames or view.frames_per_clip, *view.out_hw, 3)
+        t = view.frames_per_clip if frames is None else max(1, frames * view.frames_per_clip // longest)
+        shape = (batch, 1, t, *view.out_hw, 3)
         u = unit_uniform([seed, j], shape) / np.sqrt(3)  # [-1, 1)
         views[branch.name] = np.floor((u + 1) * 128).clip(0, 255).astype(np.uint8)
     return views
@@ -669,7 +672,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", choices=model_names(), default=default_model())
     p.add_argument("--branch", default="all", help="'all' or one branch of the model (technical, aesthetic, ...)")
     p.add_argument("--batch", type=int, default=1, help="clips per step (one clip = one video)")
-    p.add_argument("--frames", type=int, help="frames per clip (default: the model's clip length, 32 for DOVER)")
+    p.add_argument(
+        "--frames", type=int, help="frames per clip of the longest view (default: the model's, 32 for DOVER)"
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="JAX backend (default: JAX's default)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per implementation")
@@ -715,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     branches = get_spec(args.model).branch_names if args.branch == "all" else (args.branch,)
     views = bench_views(args.model, branches, args.batch, args.frames, args.seed)
     labels = bench_labels(args.batch, args.seed)
-    frames = next(iter(views.values())).shape[2]
+    frames = max(v.shape[2] for v in views.values())
     if args.mode == "train" and args.batch < 2:
         print(
             "note: with --batch 1 the PLCC and rank losses are constant (zero gradients); use ≥ 2",

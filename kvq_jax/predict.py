@@ -53,12 +53,15 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def weights_help(model: str) -> str:
     """The message shown when no weights were given: scores of an untrained model mean nothing."""
     weights = get_spec(model).weights
-    file = weights.file if weights else "CHECKPOINT.pth"
+    files = weights.files if weights else ("CHECKPOINT.pth",)
+    urls = " + ".join(w.url for w in (weights, *weights.also)) if weights else "none published"
+    given = " ".join(f"--weights {f}" for f in files)
+    sources = " ".join(f"--src {f}" for f in files)
     return (
         f"error: scoring needs trained weights for {model!r}; pass --weights DIR_or_FILE.\n"
-        f"  Official checkpoint: {weights.url if weights else 'none published'}\n"
-        f"  Use it directly (--weights {file}, converted on every run) or convert it once:\n"
-        f"    python -m kvq_jax.convert --model {model} --src {file} --out weights/{model}\n"
+        f"  Official checkpoint: {urls}\n"
+        f"  Use it directly ({given}, converted on every run) or convert it once:\n"
+        f"    python -m kvq_jax.convert --model {model} {sources} --out weights/{model}\n"
         f"    kvq-jax score VIDEO --weights weights/{model}\n"
         "  (--random-weights scores with an untrained model, for demos and tests only.)"
     )

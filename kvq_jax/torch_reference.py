@@ -228,12 +228,23 @@ def build_official_model(checkout: Path, model: str) -> Any:
     random until ``load_weights``).
     """
     package, section = official_config(checkout, model)
+    official = get_spec(model).official
+    note = f" It also needs {official.build_note}." if official.build_note else ""
+    missing = [name for name in official.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TorchReferenceError(
+            f"the official {model!r} model cannot be built here: it needs the packages {missing}.{note}"
+        )
     module = import_official_models(checkout, package)
     cls = getattr(module, section["type"], None)
     if cls is None:
         raise TorchReferenceError(f"{checkout}: the official models have no class {section['type']!r}")
-    with no_weight_downloads(), contextlib.redirect_stdout(io.StringIO()):
-        net = cls(**(section.get("args") or {}))
+    try:
+        with no_weight_downloads(), contextlib.redirect_stdout(io.StringIO()):
+            net = cls(**(section.get("args") or {}))
+    except Exception as e:  # the official constructors fetch files and fail in many ways offline
+        reason = f"{type(e).__name__}: {e}"
+        raise TorchReferenceError(f"building the official {section['type']} failed ({reason}).{note}") from e
     return net.eval()
 
 

@@ -17,6 +17,9 @@ from kvq_jax.train import data
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"
 VARIANTS = [
+    "cover.py",
+    "cover.py:head",
+    "cover.py:quick",
     "dover.py",
     "dover.py:head",
     "dover.py:quick",

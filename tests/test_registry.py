@@ -12,7 +12,7 @@ from kvq_jax.models import get_spec, model_names, spec_for_official_config
 from kvq_jax.models.registry import ModelSpec, register
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT_IN = [n for n in model_names() if get_spec(n).family in ("dover", "fastvqa")]
+BUILT_IN = [n for n in model_names() if get_spec(n).family in ("dover", "fastvqa", "cover")]
 
 
 def _named_in_code(path: Path, names: list[str]) -> set[str]:

@@ -140,7 +140,7 @@ def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
             value = value.T.reshape(want)
         elif name == "kernel" and value.ndim > 2:
             value = np.moveaxis(value, (-1, -2), (0, 1))
-        elif str(path[-2]) == "grn":
+        elif len(path) > 1 and str(path[-2]) == "grn":  # a layer module may hold top-level params
             value = value.reshape(1, 1, 1, -1)
         out[_torch_key(path)] = value
         if isinstance(var, nnx.BatchStat) and name == "mean":

@@ -5,8 +5,11 @@ building an NNX model eagerly runs one small compiled program per parameter shap
 2 CPU cores) and one jitted initialiser takes 15–35 s to compile. So the modules declare shapes only (their
 own initialisers never run), and these rules, by variable kind and leaf name, follow the official code:
 
-* Linear / Conv kernels and relative-position tables: timm's ``trunc_normal_(std=0.02)``, whose ±2 bounds are
-  absolute, so at std 0.02 it is a plain N(0, 0.02²);
+* Linear / Conv kernels, relative-position tables and the packed attention projection of CLIP towers
+  (``in_proj_weight``): timm's ``trunc_normal_(std=0.02)``, whose ±2 bounds are absolute, so at std 0.02 it is
+  a plain N(0, 0.02²);
+* CLIP's class and positional embeddings and output projection: N(0, 1) × width^-0.5, as OpenAI's
+  `VisionTransformer` draws them (the width is the embeddings' last axis and the projection's first);
 * LayerNorm / BatchNorm scales: 1; ConvNeXt layer scale γ: 1e-6;
 * biases, GRN γ/β and the fragment bias tables (FPB; FAST-VQA's own training leaves them at zero): 0;
 * BatchNorm statistics: running mean 0, running variance 1 (PyTorch's reset values).
@@ -21,7 +24,8 @@ import zlib
 import numpy as np
 from flax import nnx
 
-_NORMAL_LEAVES = ("kernel", "relative_position_bias_table")
+_NORMAL_LEAVES = ("kernel", "relative_position_bias_table", "in_proj_weight")
+_CLIP_SCALED = {"class_embedding": -1, "positional_embedding": -1, "proj": 0}  # leaf → axis holding the width
 
 
 def _init_value(path: tuple, var: nnx.Variable, rng: np.random.Generator) -> np.ndarray:
@@ -32,6 +36,8 @@ def _init_value(path: tuple, var: nnx.Variable, rng: np.random.Generator) -> np.
         return np.ones(shape, np.float32) if leaf == "var" else np.zeros(shape, np.float32)
     if leaf in _NORMAL_LEAVES:
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    if leaf in _CLIP_SCALED:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(shape[_CLIP_SCALED[leaf]] ** -0.5)
     if leaf == "scale":
         return np.ones(shape, np.float32)
     if leaf == "gamma" and parent != "grn":

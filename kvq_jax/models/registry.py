@@ -44,24 +44,34 @@ class Branch:
 
 @dataclasses.dataclass(frozen=True)
 class OfficialWeights:
-    """Where the released checkpoint of a model is published."""
+    """Where the released checkpoint of a model is published; ``also`` lists further files whose keys are merged
+    with it (COVER: OpenAI's ViT-L-14.pt, which holds the CLIP tower that COVER.pth lacks)."""
 
     url: str
     sha256: str | None = None
+    also: tuple[OfficialWeights, ...] = ()
 
     @property
     def file(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The file names of every part, this one first."""
+        return (self.file, *(w.file for w in self.also))
+
 
 @dataclasses.dataclass(frozen=True)
 class OfficialCode:
     """The official PyTorch implementation: its repository, the package folder holding `models/`, and the yml
-    (relative to the checkout) whose ``model`` section builds this model."""
+    (relative to the checkout) whose ``model`` section builds this model. ``requires`` names the packages its
+    construction needs beyond torch and kvq_jax's stand-ins, ``build_note`` anything else it needs (downloads)."""
 
     repo: str
     package: str
     config: str
+    requires: tuple[str, ...] = ()
+    build_note: str = ""
 
     @property
     def config_stem(self) -> str:
@@ -82,7 +92,8 @@ class ModelSpec:
     when the official code reports none). ``checkpoint_filter`` maps an official state_dict (all its files merged)
     onto this model's layout before the strict conversion (timm's checkpoint_filter_fn). ``parity`` computes, from
     a parity case's inputs (normalised, in the fixture's layout) and its config, the arrays the official code's
-    fixture holds.
+    fixture holds. ``pretrained`` lists the files of the pretrained backbone weights a fresh model starts from,
+    where they are installed (ImageNet / Kinetics weights; see `kvq_jax.weights.load_pretrained`), [] if none is.
     """
 
     name: str
@@ -96,6 +107,7 @@ class ModelSpec:
     official: OfficialCode | None = None
     checkpoint_filter: Callable[[StateDict], StateDict] | None = None
     parity: Callable[[nnx.Module, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    pretrained: Callable[[], list[str]] | None = None
 
     @property
     def branch_names(self) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kvq_jax.models import get_spec
+from kvq_jax.models import ModelSpec, get_spec
 
 
 def base_config(model: str) -> ml_collections.ConfigDict:
@@ -90,12 +90,34 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 6
     c.ema_decay = 0.9  # 0.999 would leave a 60-step EMA at 94 % of its initial value
     c.eval.batch_size = 8
-    c.data.view_overrides = {b.name: QUICK_VIEWS[b.view.kind] for b in get_spec(c.model).branches}
+    c.data.view_overrides = quick_views(get_spec(c.model))
     return c
 
 
-# The quick form of each kind of view: 4-frame clips; 3×3 fragments (96 px) instead of 7×7; 96-px resized frames.
-QUICK_VIEWS = {
-    "fragments": {"clip_len": 4, "fragments_h": 3, "fragments_w": 3, "aligned": 4, "num_clips": 1},
-    "resize": {"clip_len": 4, "t_frag": 4, "size_h": 96, "size_w": 96},
+QUICK_FRAMES = 4  # frames of the longest quick clip
+# The quick form of each kind of view: 3×3 fragments (96 px) instead of 7×7, one clip; 96-px resized frames.
+QUICK_SIZES = {
+    "fragments": {"fragments_h": 3, "fragments_w": 3, "num_clips": 1},
+    "resize": {"size_h": 96, "size_w": 96},
 }
+
+
+def quick_views(spec: ModelSpec) -> dict[str, dict[str, int]]:
+    """Overrides that make every view of ``spec`` short and small, keeping the views' temporal proportions.
+
+    The longest clip becomes `QUICK_FRAMES` frames and every other view keeps its share of that (COVER's 20
+    semantic frames beside 40 technical ones become 2 and 4, as its gates need equal time steps); a ``t_frag``
+    view keeps its frames per segment, and a fragment view gets one offset set for its short clip.
+    """
+    longest = max(b.view.frames_per_clip for b in spec.branches)
+    out = {}
+    for b in spec.branches:
+        view = b.view
+        frames = max(1, QUICK_FRAMES * view.frames_per_clip // longest)
+        changes = {**QUICK_SIZES[view.kind], "clip_len": frames}
+        if view.t_frag is not None:
+            changes["t_frag"] = max(1, frames // (view.clip_len // view.t_frag))
+        if view.kind == "fragments":
+            changes["aligned"] = frames
+        out[b.name] = changes
+    return out
