@@ -84,6 +84,17 @@ def load_model(name: str, weights: Weights | None, *, dtype: Dtype = jnp.float32
     return with_state(abstract, read_variables(weights, abstract))
 
 
+def load_pretrained(model: nnx.Module) -> list[str]:
+    """Put the spec's pretrained backbone weights (``ModelSpec.pretrained``: ImageNet / Kinetics files, where
+    installed) into `model`; returns the files used, [] when there are none. The variables those files lack (the
+    VQA head) keep their values; every key the files hold must convert (strict otherwise)."""
+    spec = model.spec
+    files = spec.pretrained() if spec.pretrained is not None else []
+    if files:
+        nnx.update(model, convert_state_dict(read_state_dicts(files), model, allow_missing=True))
+    return files
+
+
 def weights_allclose(a: nnx.Module, b: nnx.Module) -> bool:
     """True if two models hold the same variables (used by round-trip checks)."""
     fa = nnx.to_flat_state(nnx.state(a))

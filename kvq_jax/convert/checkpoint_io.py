@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 # Wrappers seen around official state_dicts: FAST-VQA and the DOVER training scripts save
-# {"state_dict": ..., "validation_results": ...}; ImageNet/timm files use "model".
-_WRAPPER_KEYS = ("state_dict", "model", "params")
+# {"state_dict": ..., "validation_results": ...}; ImageNet/timm files use "model"; pytorchvideo's model zoo
+# (PySlowFast checkpoints, e.g. SLOWFAST_8x8_R50.pyth) "model_state".
+_WRAPPER_KEYS = ("state_dict", "model", "params", "model_state")
 
 
 class CheckpointReadError(ValueError):

@@ -105,12 +105,15 @@ class _PyAVVideo:
         self._file, self._num_threads = file, num_threads
         pts: list[int | None] = []
         with self._open() as container:
-            for packet in container.demux(self._stream(container)):
+            stream = self._stream(container)
+            rate = stream.average_rate
+            for packet in container.demux(stream):
                 if packet.is_corrupt:  # e.g. the last packet of a truncated file (decord fails on it too)
                     raise ValueError(f"packet {len(pts)} is corrupt or truncated")
                 if packet.size:  # the demuxer ends with an empty flush packet
                     pts.append(packet.pts)
         self.count = len(pts)
+        self.fps = float(rate) if rate else 0.0
         # pts -> frame index, as decord numbers frames; without pts, frames are numbered in decoding order.
         self._index = {} if None in pts else {p: i for i, p in enumerate(sorted(pts))}
 
@@ -185,6 +188,14 @@ class VideoReader:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def fps(self) -> float:
+        """The stream's average frame rate (0 if unknown): what OpenCV's ``CAP_PROP_FPS`` reports, which the
+        official SlowFast feature extractor rounds to cut a video into one-second clips."""
+        if self._decord is not None:
+            return float(self._decord.get_avg_fps())
+        return self._pyav.fps
 
     def _fall_back(self, label: str, err: Exception, failure: str) -> None:
         """decord failed with ``err``: go on with PyAV, or raise ``failure`` with both reasons if PyAV fails too."""

@@ -11,7 +11,14 @@ included:
   x/255, ×255, *truncated* to uint8) but — the official bug — the grid is still laid out from the
   pre-upscale size, so only the top-left part of the upscaled video is sampled;
 * the resize view squashes to ``size_h × size_w`` ignoring the aspect ratio, bilinear without antialiasing,
-  rounded to uint8 (the torch 1.13 / torchvision 0.14 tensor path).
+  rounded to uint8 (the torch 1.13 / torchvision 0.14 tensor path); with ``crop_h × crop_w`` it then crops, at
+  random in training and at ``size // 2 − crop // 2`` at test (the KVQ SimpleVQA baseline's ``resize 520, crop 448``);
+* the seconds view is the SlowFast feature extractor's input (the KVQ repo's ``SlowFast_features.py``): clip ``i``
+  is ``clip_len`` consecutive frames from frame ``i · round(fps)`` (second ``i``), padded with the video's last
+  frame; ``t_frag`` such clips (a video shorter than ``t_frag`` seconds repeats its last whole second), each frame
+  squashed to ``size_h × size_w``. The official extractor resizes with PIL (``Resize([224, 224])`` on a PIL image),
+  which antialiases when it shrinks; this view resizes like the resize view (no antialiasing), so on
+  downscaled videos its pixels are sharper than the official features saw.
 
 Two deliberate differences: randomness comes from an explicit ``np.random.Generator`` (the official code
 draws from unseeded global RNGs, even at test time), and ``rng=None`` selects a deterministic *centred* mode
@@ -35,17 +42,18 @@ import numpy as np
 
 from kvq_jax.data.decode import VideoSource, decode_frames, open_video, source_label
 
-_KINDS = ("fragments", "resize")
+_KINDS = ("fragments", "resize", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewSpec:
     """One view of a video, with the official yml's field names.
 
-    ``kind`` is ``"fragments"`` (grid of ``fsize`` patches) or ``"resize"`` (square resize to
-    ``size_h×size_w``). Temporal fields: without ``t_frag`` the sampler takes ``num_clips`` segments of
-    ``clip_len`` frames (stride ``frame_interval``); with ``t_frag`` each of the ``num_clips`` clips is
-    ``t_frag`` segments of ``clip_len // t_frag`` frames.
+    ``kind`` is ``"fragments"`` (grid of ``fsize`` patches), ``"resize"`` (square resize to
+    ``size_h×size_w``, then optionally a ``crop_h×crop_w`` crop) or ``"seconds"`` (``t_frag`` one-second clips of
+    ``clip_len`` frames, resized; one model clip holds them all). Temporal fields of the other kinds: without
+    ``t_frag`` the sampler takes ``num_clips`` segments of ``clip_len`` frames (stride ``frame_interval``); with
+    ``t_frag`` each of the ``num_clips`` clips is ``t_frag`` segments of ``clip_len // t_frag`` frames.
     """
 
     kind: str
@@ -60,6 +68,8 @@ class ViewSpec:
     aligned: int = 32
     size_h: int = 224
     size_w: int = 224
+    crop_h: int | None = None
+    crop_w: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -68,7 +78,13 @@ class ViewSpec:
             value = getattr(self, field.name)
             if field.name != "kind" and value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
-        if self.t_frag is not None and self.t_frag > self.clip_len:
+        if (self.crop_h is None) != (self.crop_w is None) or (self.crop_h is not None and self.kind != "resize"):
+            raise ValueError(f"ViewSpec: crop_h and crop_w go together, on a resize view; got {self}")
+        if self.crop_h is not None and (self.crop_h > self.size_h or self.crop_w > self.size_w):
+            raise ValueError(f"ViewSpec: crop {self.crop_h}×{self.crop_w} > resize {self.size_h}×{self.size_w}")
+        if self.kind == "seconds" and self.t_frag is None:
+            raise ValueError("a seconds view needs t_frag (the number of one-second clips)")
+        if self.kind != "seconds" and self.t_frag is not None and self.t_frag > self.clip_len:
             raise ValueError(f"ViewSpec.t_frag ({self.t_frag}) must not exceed clip_len ({self.clip_len})")
         total = self.frames_per_clip * self.num_clips
         if self.kind == "fragments" and total > 1 and total % self.aligned:
@@ -79,7 +95,10 @@ class ViewSpec:
 
     @property
     def frames_per_clip(self) -> int:
-        """Frames in one clip (``clip_len``, or ``(clip_len // t_frag) * t_frag`` in the ``t_frag`` form)."""
+        """Frames in one clip (``clip_len``, or ``(clip_len // t_frag) * t_frag`` in the ``t_frag`` form; a
+        seconds view: ``clip_len * t_frag``)."""
+        if self.kind == "seconds":
+            return self.clip_len * self.t_frag
         if self.t_frag is None:
             return self.clip_len
         return (self.clip_len // self.t_frag) * self.t_frag
@@ -94,6 +113,8 @@ class ViewSpec:
         """Spatial size of the view."""
         if self.kind == "fragments":
             return self.fragments_h * self.fsize_h, self.fragments_w * self.fsize_w
+        if self.crop_h is not None:
+            return self.crop_h, self.crop_w
         return self.size_h, self.size_w
 
     @property
@@ -126,17 +147,38 @@ class PixelNorm:
 IMAGENET_255 = PixelNorm((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 
-def sample_frame_indices(num_frames: int, spec: ViewSpec, rng: np.random.Generator | None) -> np.ndarray:
+def second_clip_indices(num_frames: int, fps: float, clip_len: int, clips: int) -> np.ndarray:
+    """Frames of the official SlowFast clips (``SlowFast_features.py``), int64 ``[clips * clip_len]``.
+
+    ``rate = round(fps)``; the video has ``num_frames // rate`` whole seconds (10 when the rate is 0, all
+    starting at frame 0); clip ``i`` starts at ``i · rate`` and reads ``clip_len`` frames, the last frame
+    standing in for frames past the end; clips past the last whole second repeat it. A video shorter than a
+    second, where the official code fails, gives clip 0 throughout.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    rate = round(fps)
+    seconds = num_frames // rate if rate else 10
+    starts = np.minimum(np.arange(clips), max(seconds - 1, 0)) * rate
+    return np.minimum(starts[:, None] + np.arange(clip_len), num_frames - 1).reshape(-1).astype(np.int64)
+
+
+def sample_frame_indices(
+    num_frames: int, spec: ViewSpec, rng: np.random.Generator | None, fps: float = 0.0
+) -> np.ndarray:
     """Frame indices of one view, int64 of length ``spec.total_frames`` (clip after clip).
 
-    The video is cut into ``segments`` equal parts of ``L = num_frames // segments`` frames; each part gives
-    ``fsize_t`` frames ``start + offset + frame_interval * k``. ``offset`` is drawn from
-    ``[0, L - fsize_t * frame_interval)`` (``rng``, one per segment and clip) or is the centre
-    ``(L - fsize_t * frame_interval) // 2`` (``rng=None``); it is 0 when the segment is too short. Indices
+    A seconds view takes :func:`second_clip_indices` (``fps``: the video's frame rate), the same for each of its
+    ``num_clips``. For the other kinds the video is cut into ``segments`` equal parts of
+    ``L = num_frames // segments`` frames; each part gives ``fsize_t`` frames ``start + offset + frame_interval * k``.
+    ``offset`` is drawn from ``[0, L - fsize_t * frame_interval)`` (``rng``, one per segment and clip) or is the
+    centre ``(L - fsize_t * frame_interval) // 2`` (``rng=None``); it is 0 when the segment is too short. Indices
     wrap modulo ``num_frames``.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if spec.kind == "seconds":
+        return np.tile(second_clip_indices(num_frames, fps, spec.clip_len, spec.t_frag), spec.num_clips)
     if spec.t_frag is None:  # Sampler(clip_len, num_clips, interval): num_clips segments, one clip each
         fsize_t, segments, repeats = spec.clip_len, spec.num_clips, 1
     else:  # Sampler(clip_len // t_frag, t_frag, interval, num_clips): fresh offsets per clip
@@ -247,6 +289,22 @@ def resize_view(video: np.ndarray, spec: ViewSpec, *, order: np.ndarray | None =
     _, in_h, in_w, _ = video.shape
     scales = (np.float32(in_h) / np.float32(out_h), np.float32(in_w) / np.float32(out_w))
     return _bilinear(video, (out_h, out_w), scales, (out_h, out_w), unit_scale=False, order=order)
+
+
+def crop_view(view: np.ndarray, spec: ViewSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """The ``crop_h × crop_w`` crop of a resized view [T, size_h, size_w, C], the same for every frame.
+
+    As the KVQ baseline's ``get_resizecrop_video``: the offsets are ``randrange(size − crop)`` per axis (``rng``;
+    0 when the crop fills the axis) or ``size // 2 − crop // 2`` (``rng=None``).
+    """
+    offsets = []
+    for size, crop in ((spec.size_h, spec.crop_h), (spec.size_w, spec.crop_w)):
+        if rng is None:
+            offsets.append(size // 2 - crop // 2)
+        else:
+            offsets.append(int(rng.integers(0, size - crop)) if size > crop else 0)
+    (y, x) = offsets
+    return view[:, y : y + spec.crop_h, x : x + spec.crop_w]
 
 
 # ------------------------------------------------------------------------------------------------ fragments
@@ -361,14 +419,16 @@ def make_view(
         view = spatial_fragments(video, spec, rng, order=order)
     else:
         view = resize_view(video, spec, order=order)
+        if spec.crop_h is not None:
+            view = crop_view(view, spec, rng)
     return view.reshape(spec.num_clips, spec.frames_per_clip, *view.shape[1:])
 
 
 def sample_view_indices(
-    num_frames: int, views: Mapping[str, ViewSpec], rng: np.random.Generator | None
+    num_frames: int, views: Mapping[str, ViewSpec], rng: np.random.Generator | None, fps: float = 0.0
 ) -> dict[str, np.ndarray]:
-    """Frame indices of every view (branch -> int64 array), drawn in the mapping's order."""
-    return {branch: sample_frame_indices(num_frames, spec, rng) for branch, spec in views.items()}
+    """Frame indices of every view (branch -> int64 array), drawn in the mapping's order (``fps``: seconds views)."""
+    return {branch: sample_frame_indices(num_frames, spec, rng, fps) for branch, spec in views.items()}
 
 
 def sample_views(
@@ -394,7 +454,7 @@ def sample_views(
         raise ValueError(f"samples={samples}: need samples >= 1, and an rng for more than one sampling")
     label = source_label(source, name)
     reader = open_video(source, name, num_threads=num_threads)
-    draws = [sample_view_indices(len(reader), views, rng) for _ in range(samples)]
+    draws = [sample_view_indices(len(reader), views, rng, reader.fps) for _ in range(samples)]
     wanted = np.unique(np.concatenate([i for d in draws for i in d.values()]))
     frames = decode_frames(reader, wanted, name=label)
     del reader
