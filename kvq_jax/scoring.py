@@ -31,17 +31,28 @@ def map_scores(
 ):
     """Normalised clips (B, clips, T, H, W, 3) per branch → (video scores (B,), score maps (B, clips, …)).
 
+    Branches may have different clip counts (DOVER's test views: 3 technical clips, 1 aesthetic): a branch's
+    map is split back by its own count. A score computed from several branches at once needs them to agree.
     The entry point for inputs that are already normalised (parity fixtures). ``features=True`` also returns
     the model's features (B·clips, …) per branch, for models whose call takes ``return_features``.
     """
-    (batch, clips), *rest = {v.shape[:2] for v in inputs.values()}
+    (batch, *rest) = {v.shape[0] for v in inputs.values()}
     if rest:
-        raise ValueError(f"views disagree on (batch, clips): { ({k: v.shape[:2] for k, v in inputs.items()}) }")
+        raise ValueError(f"views disagree on the batch size: { ({k: v.shape[0] for k, v in inputs.items()}) }")
+    clips = {k: v.shape[1] for k, v in inputs.items()}
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in inputs.items()}
     maps, feats = model(flat, rngs=rngs, return_features=True) if features else (model(flat, rngs=rngs), None)
-    maps = {k: m.reshape(batch, clips, *m.shape[1:]) for k, m in maps.items()}
-    scores = {k: m.reshape(batch, -1).mean(axis=1) for k, m in maps.items()}
-    return (scores, maps, feats) if features else (scores, maps)
+    out = {}
+    for k, m in maps.items():
+        if k in clips:
+            count = clips[k]
+        elif len(set(clips.values())) == 1:
+            count = next(iter(clips.values()))
+        else:
+            raise ValueError(f"score {k!r} comes from several branches, which must have equal clip counts: {clips}")
+        out[k] = m.reshape(batch, count, *m.shape[1:])
+    scores = {k: m.reshape(batch, -1).mean(axis=1) for k, m in out.items()}
+    return (scores, out, feats) if features else (scores, out)
 
 
 def score_views(
