@@ -1,6 +1,7 @@
 """The `kvq-jax` command: one entry point for the project's tools.
 
     kvq-jax score VIDEO_or_DIR... --weights W   score videos (kvq_jax.predict)
+    kvq-jax catalogue INPUT... --weights W --out D   score a catalogue, resumable (kvq_jax.catalogue)
     kvq-jax export --weights W --out FILE       serialise the scoring function (kvq_jax.export)
     kvq-jax convert --model M --src F --out D   official checkpoint -> converted weights (kvq_jax.convert)
     kvq-jax parity CASE.json...                 compare with the official PyTorch outputs (kvq_jax.parity)
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 # command -> (module, one-line summary); every module exposes main(argv) -> int
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("kvq_jax.predict", "score videos or folders; CSV, challenge CSV, quality heat-maps"),
+    "catalogue": ("kvq_jax.catalogue", "score a whole catalogue: sharded over processes, resumable, chunked"),
     "export": ("kvq_jax.export", "serialise the scoring function with jax.export (StableHLO)"),
     "convert": ("kvq_jax.convert.__main__", "convert an official checkpoint to a kvq_jax weights dir"),
     "parity": ("kvq_jax.parity", "reproduce the official PyTorch outputs of parity cases"),
@@ -31,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("kvq_jax.eval.submit", "write prediction.csv and a Codalab submission zip"),
     "ensemble": ("kvq_jax.eval.ensemble", "fuse several prediction files; members and ensemble side by side"),
 }
-_OWN_PROG = {"kvq_jax.predict", "kvq_jax.export"}  # these accept prog= for their --help
+_OWN_PROG = {"kvq_jax.predict", "kvq_jax.export", "kvq_jax.catalogue"}  # these accept prog= for their --help
 
 
 def usage() -> str:

@@ -11,13 +11,13 @@ KVQ_JAX_NUM_PROCESSES and KVQ_JAX_PROCESS_ID give an explicit cluster.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kvq_jax.distributed import maybe_initialize_distributed
 from kvq_jax.train import trainer
 from kvq_jax.train.checkpoints import CheckpointError
 
@@ -25,21 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and results go")
 _MODE = flags.DEFINE_enum("mode", None, ["train", "eval"], "overrides config.mode")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize` when asked for; explicit coordinator variables win over auto-detection."""
-    if os.environ.get("KVQ_JAX_DISTRIBUTED", "0") in ("", "0"):
-        return
-    coordinator = os.environ.get("KVQ_JAX_COORDINATOR")
-    if coordinator:
-        jax.distributed.initialize(
-            coordinator_address=coordinator,
-            num_processes=int(os.environ["KVQ_JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["KVQ_JAX_PROCESS_ID"]),
-        )
-    else:
-        jax.distributed.initialize()
 
 
 def main(argv: list[str]) -> None:

@@ -23,6 +23,7 @@ while a thread pool decodes the next videos. Compiled programs are kept in a per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import math
@@ -31,7 +32,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
@@ -252,9 +253,15 @@ class VideoScore:
 def load_views(
     item: VideoItem, views: Mapping[str, ViewSpec], seed: int | None, samples: int = 1
 ) -> dict[str, np.ndarray]:
-    """Decode one video's views; seeded views use a fresh ``default_rng(seed)`` per video."""
+    """Decode one video's views; seeded views use a fresh ``default_rng(seed)`` per video. A URI (``gs://…``) is
+    read into memory first."""
     rng = None if seed is None else np.random.default_rng(seed)
-    return sample_views(item.path, views, rng, name=item.name, samples=samples)
+    source = item.path
+    if "://" in str(source):
+        from etils import epath
+
+        source = epath.Path(str(source)).read_bytes()
+    return sample_views(source, views, rng, name=item.name, samples=samples)
 
 
 def _error_text(err: BaseException) -> str:
@@ -269,18 +276,25 @@ def score_videos(
     *,
     seed: int | None = None,
     workers: int = 2,
+    pool: Executor | None = None,
     heatmap_dir: str | os.PathLike | None = None,
     progress: bool = True,
     report: Callable[[str], None] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> list[VideoScore]:
-    """Score ``videos`` in input order; decoding runs in a thread pool ahead of the accelerator.
+    """Score ``videos`` in input order; decoding runs in a pool (``workers`` threads, or the given ``pool``, e.g.
+    worker processes) ahead of the accelerator.
 
     A video whose decoding fails becomes a :class:`VideoScore` with ``error`` set (also passed to
     ``report``); the others are scored in batches of ``scorer.batch_size``. With ``heatmap_dir`` a PNG of
-    the fragment branch's quality map is written per video (see :mod:`kvq_jax.heatmap`).
+    the fragment branch's quality map is written per video (see :mod:`kvq_jax.heatmap`). ``timing`` accumulates
+    ``wait_s`` (waiting for decoded views) and ``model_s`` (in the scorer).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    clock = timing if timing is not None else {}
+    clock.setdefault("wait_s", 0.0)
+    clock.setdefault("model_s", 0.0)
     map_branch = None
     if heatmap_dir is not None:
         from kvq_jax import heatmap  # matplotlib is imported only when maps are asked for
@@ -300,7 +314,9 @@ def score_videos(
 
     def flush(bar: tqdm) -> None:
         batch = {b: np.stack([v[b] for _, v in pending]) for b in scorer.views}
+        t0 = time.perf_counter()
         scores, maps = scorer(batch)
+        clock["model_s"] += time.perf_counter() - t0
         for j, (i, views) in enumerate(pending):
             item = videos[i]
             branches = {b: float(scores[b][j]) for b in scorer.spec.score_names}  # model order, not sorted
@@ -318,7 +334,7 @@ def score_videos(
         pending.clear()
 
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="kvq-decode") as pool,
+        contextlib.nullcontext(pool) if pool is not None else ThreadPoolExecutor(workers, "kvq-decode") as pool,
         tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True) as bar,
     ):
         queue: deque[tuple[int, Future]] = deque()
@@ -332,12 +348,15 @@ def score_videos(
             nxt = next(upcoming, None)
             if nxt is not None:
                 queue.append((nxt, pool.submit(load_views, videos[nxt], scorer.views, seed, scorer.samples)))
+            t0 = time.perf_counter()
             try:
                 views = future.result()
             except Exception as err:  # decode errors, too-small videos, ...: report the video and go on
                 message = _error_text(err)
                 fail(i, message if videos[i].name in message else f"{videos[i].name}: {message}", bar)
                 continue
+            finally:
+                clock["wait_s"] += time.perf_counter() - t0
             pending.append((i, views))
             if len(pending) == scorer.batch_size:
                 flush(bar)

@@ -122,3 +122,13 @@ def test_cli_fit_reports_weights_and_refuses_bad_inputs(challenge_files, tmp_pat
     short = _write(tmp_path / "short.csv", {"v00.mp4": 1.0})
     assert ensemble.main([str(paths[0]), str(short)]) == 2
     assert "short.csv lacks 39 video(s)" in capsys.readouterr().err
+
+
+def test_without_pair_sheets_the_table_has_correlations_and_no_final():
+    import scipy.stats
+
+    truth = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    pred = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.9, "extra": 5.0}
+    (row,) = ensemble.score_table({"m": pred}, truth, Pairs((), (Pair("a", "d", 2),))).values()
+    assert np.isnan(row["final"]) and np.isnan(row["rank1"]) and row["rank2"] == 1.0 and row["n"] == 4
+    assert row["srocc"] == pytest.approx(scipy.stats.spearmanr([1, 2, 3, 4], [0.1, 0.3, 0.2, 0.9])[0])

@@ -331,6 +331,19 @@ def test_tpu_run_starts_the_trainer_on_all_workers(sandbox: Sandbox) -> None:
     ]  # fmt: skip
 
 
+def test_tpu_score_starts_the_catalogue_on_all_workers(sandbox: Sandbox) -> None:
+    args = ["gs://my-bkt/list.csv", "--weights", "weights/dover", "--out", "gs://my-bkt/scores/p1"]
+    printed = assert_dry_then_real(sandbox, "tpu/score.sh", "--run-name=p1", "--", *args, **TPU)
+    (ssh,) = printed
+    assert "--worker=all" in ssh
+    remote = shlex.split(command_of(ssh))
+    job = remote[remote.index("--") + 1 :]
+    assert job == ["env", "KVQ_JAX_DISTRIBUTED=1", ".venv/bin/python", "-m", "kvq_jax.catalogue", *args]
+    assert "--name=p1" in remote
+    res = sandbox.run("tpu/score.sh", "--dry-run", "--", "a.txt", "--out=/tmp/local", **TPU)
+    assert res.rc != 0 and "--out as a gs:// folder" in res.err
+
+
 def test_tpu_run_keeps_awkward_trainer_flags_intact(sandbox: Sandbox) -> None:
     awkward = ['--config.note=it\'s a "test" with $HOME and `ticks`', "--config.list=(1, 2)", "--config.e="]
     res = sandbox.run("tpu/run.sh", "--dry-run", "--run-name=r", "--", *awkward, **TPU)

@@ -209,6 +209,32 @@ def test_tta_averages_k_samplings(media, weights, compile_cache, tmp_path):
     assert abs(float(row["fragments"]) - single) > 1e-6  # really more than one sampling
 
 
+def test_without_decord_every_video_goes_through_pyav(media, weights, compile_cache, tmp_path):
+    """Where decord has no wheel (aarch64, macOS arm64) it is not installed: simulated by blocking its import. The
+    scores of an H.264 video match the decord run's, and an AV1 video still scores."""
+    from videos import encode_video
+
+    _, weights_dir = weights
+    av1 = encode_video(tmp_path / "clip_av1.mp4", synthetic_clip("blocks", np.random.default_rng(2))[:12], "libsvtav1")
+    h264 = media / "gradient.mp4"
+    inputs = [str(h264), str(av1), "--model", MODEL, "--weights", str(weights_dir)]
+    with_decord, without = tmp_path / "with.csv", tmp_path / "without.csv"
+    assert run_cli([*inputs, "--out", str(with_decord)], compile_cache) == 0
+    code = (
+        "import sys; sys.modules['decord'] = None\n"
+        "from kvq_jax.data import decode; assert decode.decord is None\n"
+        "from kvq_jax import predict; sys.exit(predict.main(sys.argv[1:]))"
+    )
+    args = [*inputs, *SMALL, "--no-progress", "--out", str(without), "--compile-cache", compile_cache]
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, a = read_rows(with_decord)
+    _, b = read_rows(without)
+    assert [x["error"] for x in b] == ["", ""]
+    assert float(b[0]["fragments"]) == pytest.approx(float(a[0]["fragments"]), abs=1e-4)
+    assert float(b[1]["fragments"]) == pytest.approx(float(a[1]["fragments"]), abs=1e-4)
+
+
 def test_single_file_centred_views_are_deterministic(media, weights, compile_cache, tmp_path, capsys):
     _, weights_dir = weights
     video = media / "gradient.mp4"

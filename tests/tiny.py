@@ -131,7 +131,7 @@ if __name__ == "__main__":
         extra = {k: r[k] for k in ("devices", "loss", "grad_norm", "split")}
         np.savez(sys.argv[3], *r["params"], **extra)
     elif sys.argv[1] == "train":
-        from kvq_jax.main import maybe_initialize_distributed
+        from kvq_jax.distributed import maybe_initialize_distributed
         from kvq_jax.train import trainer
 
         maybe_initialize_distributed()  # KVQ_JAX_* variables: the multi-process test runs this like main does

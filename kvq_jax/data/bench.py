@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -29,10 +30,10 @@ from pathlib import Path
 
 import av
 import cv2
-import decord
 import numpy as np
 from tqdm import tqdm
 
+from kvq_jax.data import decode
 from kvq_jax.data.decode import decode_frames, open_video
 from kvq_jax.data.views import ViewSpec, make_view, sample_view_indices
 
@@ -136,7 +137,7 @@ def host_info() -> dict[str, object]:
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "decord": decord.__version__,
+        "decord": importlib.metadata.version("decord") if decode.decord is not None else None,
         "av": av.__version__,
     }
 

@@ -43,12 +43,16 @@ from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 import av
-import decord
 import numpy as np
 from absl import logging
 
 VideoSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview
 Decoder: TypeAlias = Literal["decord", "pyav"]
+
+try:  # decord has wheels for x86-64 only: elsewhere (Linux aarch64, macOS arm64) every video goes through PyAV
+    import decord
+except ImportError:
+    decord = None
 DecoderChoice: TypeAlias = Literal["auto", "pyav"]
 
 # Video file suffixes searched for in folders (lower case).
@@ -167,9 +171,9 @@ class VideoReader:
     def __init__(self, file: str | bytes, label: str, *, num_threads: int = 1, decoder: DecoderChoice = "auto") -> None:
         self.label = label
         self._file, self._num_threads = file, num_threads
-        self._decord: decord.VideoReader | None = None
+        self._decord = None  # a decord.VideoReader while decord reads the file
         self._pyav: _PyAVVideo | None = None
-        if decoder == "pyav":
+        if decoder == "pyav" or decord is None:
             try:
                 self._pyav = _PyAVVideo(file, num_threads)
             except (av.FFmpegError, ValueError) as err:

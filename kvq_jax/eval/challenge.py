@@ -69,6 +69,7 @@ __all__ = [
     "read_pairs",
     "read_scores_csv",
     "read_video_names",
+    "split_score",
 ]
 
 PAIR_KINDS = PAIR_SHEETS
@@ -387,6 +388,19 @@ def logistic_scores(pred: Mapping[str, float], truth: Mapping[str, float]) -> di
         "plcc_logistic": float(scipy.stats.pearsonr(mapped, y)[0]),
         "rmse_logistic": float(np.sqrt(np.mean((mapped - y) ** 2))),
     }
+
+
+def split_score(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> dict[str, float]:
+    """The challenge score of the truth videos' predictions where both pair sheets exist; elsewhere (a train split,
+    a dataset without pairs) the correlations, ``final`` NaN and the rank accuracy of the sheet there is, if any."""
+    names = [n for n in truth if n in pred]
+    if pairs.source and pairs.nonsource:
+        return challenge_score({n: pred[n] for n in names}, {n: truth[n] for n in names}, pairs).to_dict()
+    p, y = np.array([pred[n] for n in names]), np.array([truth[n] for n in names])
+    result = {**metrics.correlations(p, y), "n": len(names), "final": math.nan}
+    result["rank1"] = pair_accuracy(pred, pairs.source) if pairs.source else math.nan
+    result["rank2"] = pair_accuracy(pred, pairs.nonsource) if pairs.nonsource else math.nan
+    return result
 
 
 def bootstrap_replicates(

@@ -33,15 +33,14 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
-from kvq_jax.eval import metrics
 from kvq_jax.eval.challenge import (
     Pairs,
     ScoreInputError,
     bootstrap_replicates,
     challenge_score,
-    pair_accuracy,
     read_pairs,
     read_scores_csv,
+    split_score,
 )
 from kvq_jax.eval.submit import write_submission
 
@@ -109,18 +108,7 @@ def score_table(
     predictions: Mapping[str, Mapping[str, float]], truth: Mapping[str, float], pairs: Pairs
 ) -> dict[str, dict[str, float]]:
     """Challenge score (or, without both pair sheets, the correlations) of each prediction set, by label."""
-    out = {}
-    for label, pred in predictions.items():
-        if pairs.source and pairs.nonsource:
-            out[label] = challenge_score(pred, truth, pairs).to_dict()
-            continue
-        names = [n for n in truth if n in pred]
-        p, y = np.array([pred[n] for n in names]), np.array([truth[n] for n in names])
-        row = {**metrics.correlations(p, y), "n": len(names), "final": math.nan}
-        row["rank1"] = pair_accuracy(pred, pairs.source) if pairs.source else math.nan
-        row["rank2"] = pair_accuracy(pred, pairs.nonsource) if pairs.nonsource else math.nan
-        out[label] = row
-    return out
+    return {label: split_score(pred, truth, pairs) for label, pred in predictions.items()}
 
 
 def format_table(table: Mapping[str, Mapping[str, float]]) -> str:

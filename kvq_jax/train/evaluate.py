@@ -7,7 +7,6 @@ steps); the names and scores are all-gathered, so process 0 writes complete file
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,15 +95,9 @@ def score_predictions(cfg, names, scores, truth, pairs: challenge.Pairs) -> dict
     the rank accuracies are NaN for the missing sheet.
     """
     branches = score_names(cfg)
-    overall = fuse(scores)
-    pred = dict(zip(names, overall.tolist(), strict=True))
+    pred = dict(zip(names, fuse(scores).tolist(), strict=True))
     y = np.array([truth[n] for n in names])
-    if pairs.source and pairs.nonsource:
-        result = challenge.challenge_score(pred, {n: truth[n] for n in names}, pairs).to_dict()
-    else:
-        result = {**metrics.correlations(overall, y), "n": len(names), "final": math.nan}
-        result["rank1"] = challenge.pair_accuracy(pred, pairs.source) if pairs.source else math.nan
-        result["rank2"] = challenge.pair_accuracy(pred, pairs.nonsource) if pairs.nonsource else math.nan
+    result = challenge.split_score(pred, {n: truth[n] for n in names}, pairs)
     for i, b in enumerate(branches):
         result[f"{b}_srocc"] = metrics.srocc(scores[:, i], y)
     return result
