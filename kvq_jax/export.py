@@ -136,7 +136,7 @@ def export_model(
         },
         "outputs": {
             **{b: "float32 (batch,): raw score, the mean of the head's score map" for b in spec.score_names},
-            **({FUSED: "float32 (batch,): normalised quality in [0, 1]"} if spec.fusion else {}),
+            **({FUSED: f"float32 (batch,): {spec.fusion.meaning}"} if spec.fusion else {}),
         },
         "fused": spec.fusion.to_json() if spec.fusion else None,
         "jax_version": jax.__version__,

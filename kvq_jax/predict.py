@@ -416,7 +416,7 @@ def format_single(result: VideoScore, spec: ModelSpec) -> str:
     lines = [result.name]
     lines += [f"  {b:<{width}}  {s:+.6f}  (raw branch score)" for b, s in result.branches.items()]
     if result.fused is not None:
-        lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  (normalised quality in [0, 1])")
+        lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  ({spec.fusion.meaning})")
     if result.heatmap is not None:
         lines.append(f"  heat-map: {result.heatmap}")
     return "\n".join(lines)

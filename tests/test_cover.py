@@ -121,6 +121,8 @@ def test_branches_gates_and_time_steps(cover):
         _shapes(cover, {"technical": quick["technical"]})
     with pytest.raises(ValueError, match=r"4 time steps .* 2 frames"):
         _shapes(cover, {**quick, "technical": (2, 8, 96, 96, 3)})
+    with pytest.raises(ValueError, match="6 technical clips, 2 semantic"):
+        _shapes(cover, {**quick, "technical": (6, 4, 96, 96, 3)})
     # A symbolic batch (jax.export) traces: the CLIP steps are a divisor of the static frame count.
     (b,) = jax_export.symbolic_shape("b")
     symbolic = {k: jax.ShapeDtypeStruct((b, 1, *s[1:]), jnp.uint8) for k, s in quick.items()}
@@ -272,3 +274,17 @@ def test_official_model_build_names_what_it_lacks(tmp_path):
     (tmp_path / "cover.yml").write_text("model:\n  type: COVER\n  args: {}\n")
     with pytest.raises(tr.TorchReferenceError, match=re.escape(f"needs the packages {lacking}") + ".*ViT-L-14.pt"):
         tr.build_official_model(tmp_path, "cover")
+
+
+def test_reports_say_the_fused_score_is_a_sum():
+    from kvq_jax import predict
+
+    spec = get_spec("cover")
+    scores = {"semantic": 0.25, "technical": -0.5, "aesthetic": 0.125}
+    fused = predict.normalised_score(spec, scores)
+    assert fused == -0.125
+    text = predict.format_single(predict.VideoScore("v.mp4", Path("v.mp4"), scores, fused), spec)
+    assert "-0.125000  (sum of the raw branch scores)" in text and "[0, 1]" not in text
+    assert "[0, 1]" in predict.format_single(
+        predict.VideoScore("v.mp4", Path("v.mp4"), {"fragments": 0.1}, 0.5), get_spec("fastvqa_m")
+    )

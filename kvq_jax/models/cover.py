@@ -135,7 +135,12 @@ class COVER(nnx.Module):
             feats["semantic_frames"], feats["semantic"] = s, grid
         for branch in gated:
             y = getattr(self, f"{branch}_backbone")(views[branch], rngs)
-            if y.shape[:2] != (n, t):
+            if y.shape[0] != n:
+                raise ValueError(
+                    f"COVER gates each {branch} clip with a semantic clip: {y.shape[0]} {branch} clips, {n} semantic "
+                    "(give the views the same num_clips)"
+                )
+            if y.shape[1] != t:
                 raise ValueError(
                     f"COVER's {branch} features have {y.shape[1]} time steps (half its frames), the semantic view "
                     f"{t} frames: they must be equal (cover.yml: 40 and 20)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ class SigmoidRescale:
     """
 
     terms: tuple[tuple[str, float, float, float], ...]
+    meaning: ClassVar[str] = "normalised quality in [0, 1]"  # what the fused score is, for reports
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -49,6 +50,7 @@ class Sum:
     """The plain sum of the branch scores (COVER's overall score; kvq_jax's fused score of trained heads)."""
 
     branches: tuple[str, ...]
+    meaning: ClassVar[str] = "sum of the raw branch scores"
 
     def __call__(self, scores: Mapping[str, Any]) -> Any:
         xp = _array_module(scores, self.branches)
