@@ -44,7 +44,9 @@ def main(argv: list[str]) -> None:
     cfg = _CONFIG.value
     mode = _MODE.value or cfg.mode
     try:
-        if mode == "train":
+        if mode == "train" and cfg.get("protocol") and cfg.protocol.splits:
+            trainer.run_protocol(cfg, _WORKDIR.value)
+        elif mode == "train":
             trainer.train_and_evaluate(cfg, _WORKDIR.value)
         else:
             trainer.evaluate_only(cfg, _WORKDIR.value)

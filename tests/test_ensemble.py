@@ -81,8 +81,8 @@ def test_cli_table_output_bootstrap_and_submission(challenge_files, tmp_path, ca
     argv = [*map(str, paths), "--truth", str(truth_path), "--pairs", *map(str, pair_paths)]
     assert ensemble.main([*argv, "--out", str(out), "--bootstrap", "200", "--submit", str(sub)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["final", "srocc", "plcc", "rank1", "rank2", "krocc"]
-    rows = {line.rsplit(None, 6)[0].strip(): [float(v) for v in line.rsplit(None, 6)[1:]] for line in printed[1:5]}
+    assert printed[0].split() == ["final", "srocc", "plcc", "plcc_log", "rank1", "rank2", "krocc"]
+    rows = {line.rsplit(None, 7)[0].strip(): [float(v) for v in line.rsplit(None, 7)[1:]] for line in printed[1:5]}
     assert set(rows) == {"m0.csv", "m1.csv", "m2.csv", "ensemble (zmean)"}
     fused = dict(line.split(",") for line in out.read_text().splitlines()[1:])
     fused = {k: float(v) for k, v in fused.items()}
@@ -131,4 +131,5 @@ def test_without_pair_sheets_the_table_has_correlations_and_no_final():
     pred = {"a": 0.1, "b": 0.3, "c": 0.2, "d": 0.9, "extra": 5.0}
     (row,) = ensemble.score_table({"m": pred}, truth, Pairs((), (Pair("a", "d", 2),))).values()
     assert np.isnan(row["final"]) and np.isnan(row["rank1"]) and row["rank2"] == 1.0 and row["n"] == 4
+    assert "plcc_logistic" in row  # fitted, or NaN where 4 points do not fit the logistic
     assert row["srocc"] == pytest.approx(scipy.stats.spearmanr([1, 2, 3, 4], [0.1, 0.3, 0.2, 0.9])[0])

@@ -8,6 +8,9 @@ the build with an error naming the file and line.
 
     python -m kvq_jax.data.build --dataset kvq --manual_dir /data/KVQ --data_dir data/tfds
     python -m kvq_jax.data.build --dataset kvq_synthetic --data_dir data/tfds [--manual_dir DIR]
+    python -m kvq_jax.data.build --dataset vqa_folder/konvid --manual_dir /data/KoNViD --data_dir data/tfds
+    python -m kvq_jax.data.build --dataset vqa_folder/mine --manual_dir /data/mine --data_dir data/tfds \
+        --labels labels.csv --name-column file --score-column mos --split 0.8
 """
 
 from __future__ import annotations
@@ -16,16 +19,36 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
 from etils import epath
 
-from kvq_jax.data import kvq_layout
-from kvq_jax.data.tfds_kvq import BUILDERS
+from kvq_jax.data import kvq_layout, labels
+from kvq_jax.data.tfds_kvq import BUILDERS, FolderConfig, VqaFolder
 from kvq_jax.data.tfds_kvq.base import SKIPPED_FILE
+
+FOLDER = "vqa_folder"
+
+
+def make_builder(dataset: str, data_dir: str | os.PathLike, folder: Mapping | None = None) -> tfds.core.DatasetBuilder:
+    """The builder of ``dataset``: ``kvq``, ``kvq_synthetic``, a standard dataset ``vqa_folder/<preset>``, or
+    ``vqa_folder/<your name>`` with ``folder`` options (`kvq_jax.data.labels.spec_from_options`)."""
+    family, _, config = dataset.partition("/")
+    if family == FOLDER:
+        if not config:
+            raise ValueError(f"name the folder dataset: {FOLDER}/<name> (presets: {sorted(labels.PRESETS)})")
+        if folder:
+            spec = labels.spec_from_options(folder)
+            return VqaFolder(config=FolderConfig(name=config, spec=spec), data_dir=os.fspath(data_dir))
+        if config not in labels.PRESETS:
+            raise ValueError(f"{dataset}: not a preset ({sorted(labels.PRESETS)}); give its label options")
+        return VqaFolder(config=config, data_dir=os.fspath(data_dir))
+    if dataset not in BUILDERS or config:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)} or {FOLDER}/<name>")
+    return BUILDERS[dataset](data_dir=os.fspath(data_dir))
 
 
 def build(
@@ -34,13 +57,12 @@ def build(
     manual_dir: str | os.PathLike | None = None,
     num_shards: int | None = None,
     overwrite: bool = False,
+    folder: Mapping | None = None,
 ) -> dict[str, Any]:
     """Prepare ``dataset`` under ``data_dir`` and return its build report (see :func:`format_report`)."""
-    if dataset not in BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
     if manual_dir is not None and not Path(manual_dir).is_dir():
         raise kvq_layout.LayoutError(f"{manual_dir}: --manual_dir is not a directory")
-    builder = BUILDERS[dataset](data_dir=os.fspath(data_dir))
+    builder = make_builder(dataset, data_dir, folder)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # regenerates the records
@@ -84,21 +106,58 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _column(text: str | None) -> str | int | None:
+    return int(text) if text is not None and text.isdigit() else text
+
+
+def folder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The labelled-folder options given on the command line (empty: a preset or another dataset)."""
+    opts: dict[str, Any] = {}
+    if args.labels:
+        pairs = [item.partition("=") for item in args.labels.split(",")]
+        opts["labels"] = args.labels if len(pairs) == 1 and not pairs[0][1] else {s: f for s, _, f in pairs}
+    for key in ("name", "score", "split", "source_id"):
+        if getattr(args, f"{key}_column") is not None:
+            opts[key] = _column(getattr(args, f"{key}_column"))
+    if args.extra_columns:
+        opts["extra"] = tuple(_column(c) for c in args.extra_columns.split(","))
+    if args.split:
+        parts = [float(x) for x in args.split.split(",")]
+        opts["fractions"] = (parts[0], round(1 - parts[0], 10)) if len(parts) == 1 else tuple(parts)
+    for key in ("suffix", "videos", "seed"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    return opts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build KVQ TFDS records (ArrayRecord) without TensorFlow.")
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
-    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write <dataset>/<version>/ into")
+    parser = argparse.ArgumentParser(description="Build VQA TFDS records (ArrayRecord) without TensorFlow.")
     parser.add_argument(
-        "--manual_dir", default=None, help="the KVQ folder (required for kvq; optional for kvq_synthetic)"
+        "--dataset",
+        required=True,
+        help=f"{', '.join(sorted(BUILDERS))}, {FOLDER}/<preset> ({', '.join(sorted(labels.PRESETS))}) "
+        f"or {FOLDER}/<your name> with the label options below",
     )
+    parser.add_argument("--data_dir", required=True, help="TFDS data dir to write <dataset>/<version>/ into")
+    parser.add_argument("--manual_dir", default=None, help="the dataset's folder (required but for kvq_synthetic)")
     parser.add_argument("--num_shards", type=int, default=None, help="ArrayRecord shards per split")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the records exist")
+    folder = parser.add_argument_group("a labelled folder of your own")
+    folder.add_argument("--labels", help="label file, or split=file,... (one file per split)")
+    for key in ("name", "score", "split", "source_id"):
+        folder.add_argument(f"--{key.replace('_', '-')}-column", help=f"the {key} column: title or 0-based index")
+    folder.add_argument("--extra-columns", help="further numeric labels to keep, comma-separated")
+    folder.add_argument("--split", help="fraction for train (e.g. 0.8), or train,val,test fractions")
+    folder.add_argument("--seed", type=int, help="seed of the source-aware random split (default 0)")
+    folder.add_argument("--suffix", help="added to names that lack it (e.g. .mp4)")
+    folder.add_argument("--videos", help="sub-folder the names are relative to")
     args = parser.parse_args(argv)
-    if args.dataset == "kvq" and args.manual_dir is None:
-        parser.error("--manual_dir is required for --dataset kvq")
+    if args.dataset != "kvq_synthetic" and args.manual_dir is None:
+        parser.error(f"--manual_dir is required for --dataset {args.dataset}")
     try:
-        report = build(args.dataset, args.data_dir, args.manual_dir, args.num_shards, args.overwrite)
-    except kvq_layout.LayoutError as e:
+        opts = folder_options(args)
+        report = build(args.dataset, args.data_dir, args.manual_dir, args.num_shards, args.overwrite, opts)
+    except (kvq_layout.LayoutError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(report))

@@ -55,6 +55,7 @@ class VideoEntry:
     source_id: int  # -1 when unknown
     line: int  # 1-based line in ``csv_path``
     csv_path: Path
+    extra: tuple[float, ...] = ()  # further numeric labels of a labelled folder (kvq_jax.data.labels)
 
 
 @dataclass(frozen=True)

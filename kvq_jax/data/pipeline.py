@@ -55,12 +55,13 @@ Batch = dict[str, np.ndarray]
 
 
 def load_split(data_dir: str | os.PathLike, name: str = "kvq_synthetic", split: str = "train") -> Any:
-    """The ArrayRecord data source of a built split (``tfds.data_source``; slicing: ``train[:50%]``)."""
+    """The ArrayRecord data source of a built split (slicing: ``train[:50%]``), read from its folder: any built
+    dataset, a labelled folder's own config included."""
     import tensorflow_datasets as tfds
 
-    import kvq_jax.data.tfds_kvq  # noqa: F401  (registers the builders)
+    from kvq_jax.data.tfds_kvq import dataset_dir
 
-    return tfds.data_source(name, split=split, data_dir=os.fspath(data_dir))
+    return tfds.builder_from_directory(os.fspath(dataset_dir(data_dir, name))).as_data_source(split=split)
 
 
 def resolve_views(

@@ -57,6 +57,7 @@ from kvq_jax.eval import metrics
 
 __all__ = [
     "PAIR_KINDS",
+    "TABLE_COLUMNS",
     "ChallengeScore",
     "Pair",
     "Pairs",
@@ -392,15 +393,34 @@ def logistic_scores(pred: Mapping[str, float], truth: Mapping[str, float]) -> di
 
 def split_score(pred: Mapping[str, float], truth: Mapping[str, float], pairs: Pairs) -> dict[str, float]:
     """The challenge score of the truth videos' predictions where both pair sheets exist; elsewhere (a train split,
-    a dataset without pairs) the correlations, ``final`` NaN and the rank accuracy of the sheet there is, if any."""
+    a dataset without pairs) the correlations, ``final`` NaN and the rank accuracy of the sheet there is, if any.
+    Beside them ``plcc_logistic`` and ``rmse_logistic`` (NaN where the logistic fit does not converge)."""
     names = [n for n in truth if n in pred]
+    pred, truth = {n: pred[n] for n in names}, {n: truth[n] for n in names}
     if pairs.source and pairs.nonsource:
-        return challenge_score({n: pred[n] for n in names}, {n: truth[n] for n in names}, pairs).to_dict()
-    p, y = np.array([pred[n] for n in names]), np.array([truth[n] for n in names])
-    result = {**metrics.correlations(p, y), "n": len(names), "final": math.nan}
-    result["rank1"] = pair_accuracy(pred, pairs.source) if pairs.source else math.nan
-    result["rank2"] = pair_accuracy(pred, pairs.nonsource) if pairs.nonsource else math.nan
+        result = challenge_score(pred, truth, pairs).to_dict()
+    else:
+        p, y = np.array(list(pred.values())), np.array(list(truth.values()))
+        result = {**metrics.correlations(p, y), "n": len(names), "final": math.nan}
+        result["rank1"] = pair_accuracy(pred, pairs.source) if pairs.source else math.nan
+        result["rank2"] = pair_accuracy(pred, pairs.nonsource) if pairs.nonsource else math.nan
+    try:
+        result |= logistic_scores(pred, truth)
+    except ScoreInputError:
+        result |= {"plcc_logistic": math.nan, "rmse_logistic": math.nan}
     return result
+
+
+# (key, column title) of the results tables: the challenge's parts, then the logistic-fitted PLCC papers report.
+TABLE_COLUMNS = (
+    ("final", "final"),
+    ("srocc", "srocc"),
+    ("plcc", "plcc"),
+    ("plcc_logistic", "plcc_log"),
+    ("rank1", "rank1"),
+    ("rank2", "rank2"),
+    ("krocc", "krocc"),
+)
 
 
 def bootstrap_replicates(

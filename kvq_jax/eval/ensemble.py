@@ -34,6 +34,7 @@ import scipy.optimize
 import scipy.stats
 
 from kvq_jax.eval.challenge import (
+    TABLE_COLUMNS,
     Pairs,
     ScoreInputError,
     bootstrap_replicates,
@@ -112,10 +113,9 @@ def score_table(
 
 
 def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
-    cols = ("final", "srocc", "plcc", "rank1", "rank2", "krocc")
     width = max(len(k) for k in table)
-    lines = [f"{'':<{width}}" + "".join(f"{c:>9}" for c in cols)]
-    lines += [f"{k:<{width}}" + "".join(f"{row[c]:>9.4f}" for c in cols) for k, row in table.items()]
+    lines = [f"{'':<{width}}" + "".join(f"{title:>9}" for _, title in TABLE_COLUMNS)]
+    lines += [f"{k:<{width}}" + "".join(f"{row[c]:>9.4f}" for c, _ in TABLE_COLUMNS) for k, row in table.items()]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
+from kvq_jax.data import pipeline
 from kvq_jax.data import views as views_lib
 from kvq_jax.eval import challenge
 from kvq_jax.models import get_spec
@@ -49,11 +51,11 @@ def train_view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.View
     return {k: dataclasses.replace(v, num_clips=1) for k, v in view_specs(cfg).items()}
 
 
-def ensure_dataset(cfg: ml_collections.ConfigDict) -> None:
-    """Build the TFDS records if absent; for the synthetic set, generate its videos first."""
+def ensure_dataset(data: ml_collections.ConfigDict) -> None:
+    """Build a data section's TFDS records if absent (the synthetic set: generate its videos first; a labelled
+    folder: with its ``folder`` options)."""
     from kvq_jax.data import build, synthetic
 
-    data = cfg.data
     marker = Path(data.data_dir) / data.name
     if marker.is_dir() and any(marker.rglob("dataset_info.json")):
         return
@@ -65,16 +67,85 @@ def ensure_dataset(cfg: ml_collections.ConfigDict) -> None:
     elif not manual_dir:
         raise FileNotFoundError(
             f"no {data.name} records under {data.data_dir}; build them with "
-            f"`python -m kvq_jax.data.build --dataset {data.name} --manual_dir KVQ_DIR --data_dir {data.data_dir}` "
-            "or set --config.data.manual_dir"
+            f"`python -m kvq_jax.data.build --dataset {data.name} --manual_dir DIR --data_dir {data.data_dir}` "
+            "or set the data section's manual_dir"
         )
     if jax.process_index() == 0:
-        report = build.build(data.name, data.data_dir, manual_dir)
+        folder = data.get("folder")
+        report = build.build(data.name, data.data_dir, manual_dir, folder=dict(folder) if folder else None)
         logging.info("built %s: %s", data.name, build.format_report(report))
-    multihost_utils.sync_global_devices("dataset built")
+    multihost_utils.sync_global_devices(f"dataset {data.name} built")
 
 
-def truth_and_pairs(cfg: ml_collections.ConfigDict, source: Any, split: str) -> tuple[dict, challenge.Pairs]:
+class Subset:
+    """Random access to some records of a data source (a re-split), in their order."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[self.indices[i]]
+
+
+def load_source(data: ml_collections.ConfigDict, split: str) -> Any:
+    """A split's records. With ``data.resplit`` (the intra-dataset protocol) the ``pool`` splits are merged and
+    re-split, sources kept together, into train / (val /) test by ``fractions`` with ``seed``."""
+    from kvq_jax.data import labels
+    from kvq_jax.data.tfds_kvq import load_metadata
+
+    resplit = data.get("resplit")
+    if not resplit or not resplit.get("fractions"):
+        return pipeline.load_split(data.data_dir, data.name, split)
+    pool = tuple(resplit.pool)
+    union = pipeline.load_split(data.data_dir, data.name, "+".join(pool))
+    index = load_metadata(data.data_dir, data.name)["index"]
+    sources = [sid for s in pool for _, sid in index[s]]
+    if len(sources) != len(union):
+        raise ValueError(f"{data.name}: the index lists {len(sources)} records of {pool}, the records {len(union)}")
+    parts = labels.source_aware_split(sources, tuple(resplit.fractions), int(resplit.seed))
+    if split not in parts:
+        raise ValueError(f"re-split {data.name} has parts {sorted(set(parts))}, not {split!r}")
+    return Subset(union, [i for i, p in enumerate(parts) if p == split])
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTarget:
+    """A results table's row: ``label`` (results, files and TensorBoard names), a data section and its split."""
+
+    label: str
+    data: ml_collections.ConfigDict
+    split: str
+
+
+def eval_targets(cfg: ml_collections.ConfigDict) -> list[EvalTarget]:
+    """The training dataset's ``eval.splits``, then each named set of ``eval.sets`` (any dataset: a data section's
+    fields over the training one's, plus ``split``), e.g. LSVQ-train's run reporting KoNViD-1k and LIVE-VQC."""
+    targets = [EvalTarget(s, cfg.data, s) for s in cfg.eval.splits]
+    for label, extra in (cfg.eval.get("sets") or {}).items():
+        data = ml_collections.ConfigDict(cfg.data.to_dict())
+        data.resplit = ml_collections.ConfigDict()
+        fields = {k: v for k, v in dict(extra).items() if k != "split"}
+        data.update(fields)
+        targets.append(EvalTarget(label, data, extra.get("split", "test")))
+    labels = [t.label for t in targets]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"eval targets must have distinct names: {labels}")
+    return targets
+
+
+def best_target(cfg: ml_collections.ConfigDict) -> str | None:
+    """The eval target whose score picks the "best" checkpoint: ``eval.best``, else the first."""
+    labels = [t.label for t in eval_targets(cfg)]
+    best = cfg.eval.get("best") or (labels[0] if labels else None)
+    if best is not None and best not in labels:
+        raise ValueError(f"eval.best={best!r} is none of the eval targets {labels}")
+    return best
+
+
+def truth_and_pairs(data: ml_collections.ConfigDict, source: Any, split: str) -> tuple[dict, challenge.Pairs]:
     """MOS per video name, and the split's rank pairs (empty where the dataset has no pair sheets)."""
     from kvq_jax.data.tfds_kvq.base import load_pairs
 
@@ -83,7 +154,9 @@ def truth_and_pairs(cfg: ml_collections.ConfigDict, source: Any, split: str) -> 
         rec = source[i]
         name = rec["name"].decode() if isinstance(rec["name"], bytes) else str(rec["name"])
         truth[name] = float(rec["mos"])
-    sheets = load_pairs(cfg.data.data_dir, cfg.data.name, split)
+    if data.get("resplit") and data.resplit.get("fractions"):
+        return truth, challenge.Pairs((), ())
+    sheets = load_pairs(data.data_dir, data.name, split)
     pairs = challenge.Pairs(
         source=tuple(challenge.Pair(*p) for p in sheets.get("source", [])),
         nonsource=tuple(challenge.Pair(*p) for p in sheets.get("nonsource", [])),

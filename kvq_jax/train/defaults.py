@@ -23,6 +23,9 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # raw folder, built on demand
     c.data.train_split = "train"
     c.data.view_overrides = ml_collections.ConfigDict()  # {branch: {field: value}}
+    c.data.folder = ml_collections.ConfigDict()  # a labelled folder's options (kvq_jax.data.labels.spec_from_options)
+    # re-split the records (the intra-dataset protocol sets it): pool splits merged, sources kept together
+    c.data.resplit = ml_collections.ConfigDict({"seed": 0, "fractions": (), "pool": ("train", "test")})
     c.data.num_workers = 2  # grain decode/view worker processes per host
     c.data.synthetic = ml_collections.ConfigDict(
         {"sources": 16, "seed": 0, "size": (180, 320), "frames": 64}
@@ -56,6 +59,12 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.eval.tta = 1  # test-time augmentation: average this many random samplings of every view
     c.eval.checkpoints = 1  # --mode eval: the latest N kept checkpoints (checkpoint.keep_latest >= N) ...
     c.eval.average = "predictions"  # ... with their predictions averaged, or "params" (a uniform model soup)
+    c.eval.sets = ml_collections.ConfigDict()  # more eval targets: {label: {name, split, data_dir, manual_dir, ...}}
+    c.eval.best = ml_collections.FieldReference(None, field_type=str)  # the target picking the best checkpoint
+
+    # The intra-dataset protocol of the papers: `splits` seeded re-splits of one dataset, each trained and tested
+    # (workdir/splitNN, resumable split by split), then the median and spread of the test correlations.
+    c.protocol = ml_collections.ConfigDict({"splits": 0, "fractions": (0.8, 0.2), "pool": ("train", "test"), "seed": 0})
 
     c.sharding = ml_collections.ConfigDict()
     c.sharding.fsdp = 1  # devices per FSDP group: params/EMA/optimiser state split this many ways; 1 = pure DP

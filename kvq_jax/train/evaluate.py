@@ -23,7 +23,7 @@ from tqdm import tqdm
 from kvq_jax.data import pipeline
 from kvq_jax.eval import challenge, metrics
 from kvq_jax.train import optim, sharding
-from kvq_jax.train.data import score_names, truth_and_pairs, view_specs
+from kvq_jax.train.data import EvalTarget, load_source, score_names, truth_and_pairs, view_specs
 
 
 def _names_to_array(names: np.ndarray, width: int = 256) -> np.ndarray:
@@ -127,10 +127,11 @@ def evaluate(
     eval_fn,
     states: Mapping | Sequence[Mapping],
     step: int,
-    splits,
+    targets: Sequence[EvalTarget],
     tag: str | None = None,
 ) -> dict[str, dict]:
-    """Evaluate raw (and EMA) params on `splits`; write predictions CSVs and results/<split>.json.
+    """Evaluate raw (and EMA) params on each target (`train.data.eval_targets`); write predictions CSVs and
+    results/<label>.json.
 
     With several train states (checkpoints of one run) their per-video predictions are averaged before scoring:
     the NTIRE 2024 KVQ winner's checkpoint ensemble. Files are named by `tag` (default ``step<step>``).
@@ -138,21 +139,24 @@ def evaluate(
     states = [states] if isinstance(states, Mapping) else list(states)
     tag = tag or f"step{step}"
     all_results = {}
-    for split in splits:
-        source = pipeline.load_split(cfg.data.data_dir, cfg.data.name, split)
+    for target in targets:
+        label, split = target.label, target.split
+        source = load_source(target.data, split)
         runs = []
         for state in states:
             param_sets = {"raw": state["params"]}
             if "ema" in state:
                 param_sets["ema"] = optim.ema_params(state["params"], state["ema"])
             stats = state.get("stats", nnx.State({}))
-            runs.append(predict_split(cfg, mesh, eval_fn, param_sets, stats, source, f"eval {split}"))
+            runs.append(predict_split(cfg, mesh, eval_fn, param_sets, stats, source, f"eval {label}"))
         preds = {
             key: dict(p, scores=np.mean([r[0][key]["scores"] for r in runs], axis=0)) for key, p in runs[0][0].items()
         }
         failed = runs[0][1]
-        truth, pairs = truth_and_pairs(cfg, source, split)
+        truth, pairs = truth_and_pairs(target.data, source, split)
         result: dict[str, Any] = {"step": step, "split": split, "failed": [list(f) for f in failed]}
+        if label != split or target.data.name != cfg.data.name:
+            result["dataset"] = target.data.name
         if len(states) > 1:
             result["averaged_checkpoints"] = len(states)
         for key, p in preds.items():
@@ -163,22 +167,24 @@ def evaluate(
                 result[key] = scored
             if jax.process_index() == 0:
                 (workdir / "predictions").mkdir(parents=True, exist_ok=True)
-                write_predictions(workdir / "predictions" / f"{split}_{key}_{tag}.csv", cfg, p["name"], p["scores"])
+                file = f"{label.replace('/', '_')}_{key}_{tag}.csv"
+                write_predictions(workdir / "predictions" / file, cfg, p["name"], p["scores"])
         if failed:
-            logging.warning("%s: %d video(s) failed to decode and were not scored: %s", split, len(failed), failed)
+            logging.warning("%s: %d video(s) failed to decode and were not scored: %s", label, len(failed), failed)
         if jax.process_index() == 0:
             (workdir / "results").mkdir(parents=True, exist_ok=True)
-            (workdir / "results" / f"{split}.json").write_text(json.dumps(result, indent=1))
-        all_results[split] = result
+            (workdir / "results" / f"{label.replace('/', '_')}.json").write_text(json.dumps(result, indent=1))
+        all_results[label] = result
     return all_results
 
 
 def format_table(results: Mapping[str, Mapping]) -> str:
-    """The challenge score table: one row per split and param set."""
-    cols = ("final", "srocc", "plcc", "rank1", "rank2", "krocc")
-    lines = [f"{'split':<8}{'model':<6}" + "".join(f"{c:>9}" for c in cols)]
-    for split, r in results.items():
+    """The challenge score table: one row per eval target and param set."""
+    width = max([8, *(len(label) + 2 for label in results)])
+    cols = challenge.TABLE_COLUMNS
+    lines = [f"{'split':<{width}}{'model':<6}" + "".join(f"{title:>9}" for _, title in cols)]
+    for label, r in results.items():
         for key, row in (("raw", r), ("ema", r.get("ema"))):
             if row:
-                lines.append(f"{split:<8}{key:<6}" + "".join(f"{row[c]:>9.4f}" for c in cols))
+                lines.append(f"{label:<{width}}{key:<6}" + "".join(f"{row[c]:>9.4f}" for c, _ in cols))
     return "\n".join(lines)

@@ -10,6 +10,7 @@ optimiser, EMA), `steps` (the jitted steps), `evaluate`, `checkpoints` and `logg
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -60,13 +62,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=1))
-    data.ensure_dataset(cfg)
+    targets = data.eval_targets(cfg)
+    for section in (cfg.data, *(t.data for t in targets)):  # built ones return at once
+        data.ensure_dataset(section)
     mesh = sharding.make_mesh(cfg.sharding.fsdp)
     if cfg.train.batch_size % jax.device_count():
         raise ValueError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of the {jax.device_count()} devices"
         )
-    train_source = pipeline.load_split(cfg.data.data_dir, cfg.data.name, cfg.data.train_split)
+    train_source = data.load_source(cfg.data, cfg.data.train_split)
     steps_per_epoch = max(1, len(train_source) // cfg.train.batch_size)
     total = cfg.train.get("num_steps") or int(cfg.train.num_epochs * steps_per_epoch)
     tx_cfg = state.optimizer_config(cfg, total)
@@ -99,7 +103,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
         if restored is not None:
             train_state = restored
 
-        eval_splits = tuple(cfg.eval.splits)
+        best = data.best_target(cfg)
         bar = tqdm(total=total, initial=start, desc="train", disable=jax.process_index() != 0, unit="step")
         t0, seen = time.perf_counter(), 0
         results: dict[str, dict] = {}
@@ -124,12 +128,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
                 bar.set_postfix(loss=f"{float(aux['loss']):.4f}", vid_s=f"{rate:.2f}")
                 t0, seen = time.perf_counter(), 0
             bar.update(1)
-            do_eval = eval_splits and (step % cfg.train.eval_every == 0 or step == total)
+            do_eval = bool(targets) and (step % cfg.train.eval_every == 0 or step == total)
             if do_eval:
-                results = evaluate(cfg, workdir, mesh, eval_fn, train_state, step, eval_splits)
+                results = evaluate(cfg, workdir, mesh, eval_fn, train_state, step, targets)
                 logger.write(step, {f"{s}/{k}": v for s, r in results.items() for k, v in r.items() if _scalar(v)})
             if do_eval or step % cfg.checkpoint.every == 0 or step == total:
-                first = results.get(eval_splits[0]) if do_eval else None
+                first = results.get(best) if do_eval else None
                 mngr.save(
                     step,
                     args=ocp.args.Composite(
@@ -141,9 +145,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
                 checkpoints.notice(f"checkpoint of step {step} -> {mngr.directory}/{step}")
         bar.close()
         mngr.wait_until_finished()
-        if not results and eval_splits:
+        if not results and targets:
             step = int(train_state["step"])
-            results = evaluate(cfg, workdir, mesh, eval_fn, train_state, step, eval_splits)
+            results = evaluate(cfg, workdir, mesh, eval_fn, train_state, step, targets)
     logger.close()
     if jax.process_index() == 0 and results:
         print(format_table(results))
@@ -163,7 +167,9 @@ def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    data.ensure_dataset(cfg)
+    targets = data.eval_targets(cfg)
+    for t in targets:
+        data.ensure_dataset(t.data)
     mesh = sharding.make_mesh(cfg.sharding.fsdp)
     average = cfg.eval.get("average") or "predictions"
     if average not in ("predictions", "params"):
@@ -192,7 +198,74 @@ def evaluate_only(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) ->
             if not jax.tree.leaves(st.get("stats")):
                 st.pop("stats", None)
         eval_fn = eval_step_for(cfg, eval_graph)
-        results = evaluate(cfg, workdir, mesh, eval_fn, states, step, tuple(cfg.eval.splits), tag)
+        results = evaluate(cfg, workdir, mesh, eval_fn, states, step, targets, tag)
     if jax.process_index() == 0:
         print(format_table(results))
     return results
+
+
+def run_protocol(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """The papers' intra-dataset protocol: ``protocol.splits`` seeded re-splits of the dataset (its ``pool`` splits
+    merged, sources kept together, cut by ``protocol.fractions``), each trained in ``workdir/splitNN`` and tested;
+    then the median and spread of SROCC, PLCC and the logistic PLCC over the splits, in ``workdir/protocol.json``.
+
+    Resumable split by split: a finished split (its ``done.json``) is not run again; an unfinished one resumes from
+    its checkpoints.
+    """
+    p = cfg.protocol
+    workdir = Path(workdir)
+    parts = ("test",) if len(p.fractions) == 2 else ("val", "test")
+    per_split = []
+    for k in range(p.splits):
+        run = workdir / f"split{k:02d}"
+        done = run / "done.json"
+        if done.exists():
+            per_split.append(json.loads(done.read_text()))
+            checkpoints.notice(f"protocol split {k}: done before, skipped")
+            continue
+        ck = ml_collections.ConfigDict(cfg.to_dict())
+        ck.protocol.splits = 0
+        ck.data.resplit = {"seed": int(p.seed) + k, "fractions": tuple(p.fractions), "pool": tuple(p.pool)}
+        ck.data.train_split = "train"
+        ck.eval.splits = parts
+        checkpoints.notice(f"protocol split {k} of {p.splits} (seed {int(p.seed) + k}) in {run}")
+        results = train_and_evaluate(ck, run)
+        row = {label: {m: r.get(m) for m in PROTOCOL_METRICS} for label, r in results.items()}
+        if jax.process_index() == 0:
+            done.write_text(json.dumps(row, indent=1))
+        per_split.append(row)
+    summary = protocol_summary(per_split)
+    if jax.process_index() == 0:
+        (workdir / "protocol.json").write_text(json.dumps({"splits": per_split, "summary": summary}, indent=1))
+        print(format_protocol(summary, len(per_split)))
+    return summary
+
+
+PROTOCOL_METRICS = ("srocc", "plcc", "plcc_logistic", "krocc")
+
+
+def protocol_summary(per_split: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per eval target and metric: median, mean, std (population) and the min/max over the splits."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label in per_split[0]:
+        out[label] = {}
+        for m in PROTOCOL_METRICS:
+            v = np.array([row[label][m] for row in per_split], np.float64)
+            out[label][m] = {
+                "median": float(np.nanmedian(v)),
+                "mean": float(np.nanmean(v)),
+                "std": float(np.nanstd(v)),
+                "min": float(np.nanmin(v)),
+                "max": float(np.nanmax(v)),
+            }
+    return out
+
+
+def format_protocol(summary: dict[str, dict[str, dict[str, float]]], n: int) -> str:
+    lines = [f"{'split':<8}{'metric':<15}{'median':>9}{'mean':>9}{'std':>9}{'min':>9}{'max':>9}   ({n} splits)"]
+    for label, metrics_ in summary.items():
+        for m, s in metrics_.items():
+            lines.append(
+                f"{label:<8}{m:<15}" + "".join(f"{s[k]:>9.4f}" for k in ("median", "mean", "std", "min", "max"))
+            )
+    return "\n".join(lines)

@@ -63,19 +63,33 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
     def _manual_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
         """The KVQ-style folder to read."""
 
+    def _layouts(self, root: Path) -> dict[str, kvq_layout.SplitLayout]:
+        """The folder's splits, validated (the KVQ layout; the labelled-folder builder reads its own)."""
+        return kvq_layout.read_layout(root)
+
+    def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+        return {
+            "video": tfds.features.Scalar(np.object_, doc="the encoded video file's bytes"),
+            "name": tfds.features.Text(doc="name in the label file, e.g. train/0001.mp4"),
+            "mos": tfds.features.Scalar(np.float32, doc="mean opinion score, NaN if unlabelled"),
+            "source_id": tfds.features.Scalar(np.int64, doc="source (homologous group), -1 unknown"),
+            "num_frames": tfds.features.Scalar(np.int64, doc="frame count probed at build time"),
+        }
+
+    def _record(self, entry: kvq_layout.VideoEntry, num_frames: int) -> dict[str, Any]:
+        return {
+            "video": entry.path.read_bytes(),
+            "name": entry.name,
+            "mos": np.float32(entry.mos),
+            "source_id": entry.source_id,
+            "num_frames": num_frames,
+        }
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=(self.__class__.__doc__ or "").strip(),
-            features=tfds.features.FeaturesDict(
-                {
-                    "video": tfds.features.Scalar(np.object_, doc="the encoded video file's bytes"),
-                    "name": tfds.features.Text(doc="name in the label file, e.g. train/0001.mp4"),
-                    "mos": tfds.features.Scalar(np.float32, doc="mean opinion score, NaN if unlabelled"),
-                    "source_id": tfds.features.Scalar(np.int64, doc="source (homologous group), -1 unknown"),
-                    "num_frames": tfds.features.Scalar(np.int64, doc="frame count probed at build time"),
-                }
-            ),
+            features=tfds.features.FeaturesDict(self._features()),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,
             homepage="https://github.com/lixinustc/KVQ-Challenge-CVPR-NTIRE2024",
@@ -83,7 +97,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         root = self._manual_root(dl_manager)
-        layouts = kvq_layout.read_layout(root)
+        layouts = self._layouts(root)
         entries = [(split, v) for split, lay in layouts.items() for v in lay.videos]
         with ThreadPoolExecutor(PROBE_THREADS) as pool:
             probes = list(
@@ -127,6 +141,8 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
                 "pairs": pairs,
                 "dropped_pairs": dropped,
                 "skipped": skipped,
+                # the records of each split in order, (name, source id): re-splitting needs no pass over videos
+                "index": {s: [[v.name, v.source_id] for v, _ in items] for s, items in kept.items()},
             }
         )
         out = epath.Path(self.data_dir)  # TFDS's temporary dir, renamed into place on success; may be gs://
@@ -136,27 +152,27 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items: list[tuple[kvq_layout.VideoEntry, int]]):
         for v, n in items:
-            yield (
-                v.name,
-                {
-                    "video": v.path.read_bytes(),
-                    "name": v.name,
-                    "mos": np.float32(v.mos),
-                    "source_id": v.source_id,
-                    "num_frames": n,
-                },
-            )
+            yield v.name, self._record(v, n)
 
 
-def _builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
-    import kvq_jax.data.tfds_kvq  # noqa: F401  (registers the builders)
-
-    return tfds.builder(name, data_dir=os.fspath(data_dir))
+def dataset_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
+    """Where a built dataset lives (``<data_dir>/<name>[/<config>]/<newest version>``): found on disk, so a
+    labelled folder's own config needs no registration to be read back."""
+    root = epath.Path(data_dir) / name
+    versions = sorted(
+        (p for p in root.glob("*") if (p / "dataset_info.json").exists()),
+        key=lambda p: tuple(int(x) if x.isdigit() else -1 for x in p.name.split(".")),
+    )
+    if not versions:
+        raise FileNotFoundError(
+            f"no built dataset {name!r} under {data_dir}; build it with python -m kvq_jax.data.build"
+        )
+    return versions[-1]
 
 
 def load_metadata(data_dir: str | os.PathLike, name: str = "kvq") -> dict[str, Any]:
     """The build report stored with a prepared dataset (pairs, skipped videos, label files, counts)."""
-    path = epath.Path(_builder(name, data_dir).data_path) / "metadata.json"
+    path = dataset_dir(data_dir, name) / "metadata.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metadata; build the dataset with python -m kvq_jax.data.build")
     return json.loads(path.read_text())
