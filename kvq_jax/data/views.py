@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kvq_jax.data.decode import VideoSource, decode_frames, open_video, source_label
+if TYPE_CHECKING:
+    from kvq_jax.data.decode import VideoSource
 
 _KINDS = ("fragments", "resize", "seconds")
 
@@ -452,6 +453,8 @@ def sample_views(
         raise ValueError("no views requested")
     if samples < 1 or (samples > 1 and rng is None):
         raise ValueError(f"samples={samples}: need samples >= 1, and an rng for more than one sampling")
+    from kvq_jax.data.decode import decode_frames, open_video, source_label  # decoding only: models need no codecs
+
     label = source_label(source, name)
     reader = open_video(source, name, num_threads=num_threads)
     draws = [sample_view_indices(len(reader), views, rng, reader.fps) for _ in range(samples)]
