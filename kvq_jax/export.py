@@ -5,7 +5,8 @@
 
 The exported function takes the uint8 views of a batch of videos, a dict ``branch -> (b, clips, T, H, W, 3)``
 (what `kvq_jax.data.views.sample_views` returns, stacked), normalises the pixels itself and returns a dict
-of float32 ``(b,)`` arrays: the raw score of each branch and ``fused``, the model's normalised [0, 1] score.
+of float32 ``(b,)`` arrays: the raw score of each branch and ``fused``, the model's normalised [0, 1] score
+(none for a set-level fusion such as Zoom-VQA's, which exists only over a whole scored set: the JSON states it).
 The weights are constants inside the file, so it is self-contained (DOVER: ~225 MB). The batch is a
 symbolic dimension ``b`` (any batch size, one compilation per size); should the model not trace with a
 symbolic batch, the export falls back to a fixed batch and says so in the JSON. ``FILE.json`` beside it
@@ -50,7 +51,7 @@ def scoring_function(model: nnx.Module) -> Callable[[Mapping[str, jax.Array]], d
     """uint8 views (b, clips, T, H, W, 3) → {branch: (b,), "fused": (b,)}; weights (and statistics) as constants.
 
     The branch scores are `kvq_jax.scoring.score_views`, the function every tool runs; ``fused`` is the spec's
-    fusion, when the model has one.
+    fusion, when the model has one that a single video determines (a set-level fusion is left to the consumer).
     """
     from flax import nnx
 
@@ -58,7 +59,7 @@ def scoring_function(model: nnx.Module) -> Callable[[Mapping[str, jax.Array]], d
 
     model.eval()
     graphdef, state = nnx.split(model)
-    fusion = model.spec.fusion
+    fusion = model.spec.fusion if model.spec.fusion is not None and not model.spec.fusion.set_level else None
 
     def score(views: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         out, _ = score_views(nnx.merge(graphdef, state), views)
@@ -136,7 +137,9 @@ def export_model(
         },
         "outputs": {
             **{b: "float32 (batch,): raw score, the mean of the head's score map" for b in spec.score_names},
-            **({FUSED: f"float32 (batch,): {spec.fusion.meaning}"} if spec.fusion else {}),
+            **(
+                {FUSED: f"float32 (batch,): {spec.fusion.meaning}"} if spec.fusion and not spec.fusion.set_level else {}
+            ),
         },
         "fused": spec.fusion.to_json() if spec.fusion else None,
         "jax_version": jax.__version__,

@@ -7,11 +7,13 @@
 
 Per video it prints (or writes as CSV) the raw score of every branch — the mean of that branch's score map
 over clips, time and space, as the official code averages it — and ``fused``, the model's normalised
-[0, 1] quality (DOVER's fusion of the two branches, FAST-VQA's sigmoid rescale). CSV columns: ``filename``,
-one column per branch (``technical,aesthetic`` for DOVER, ``fragments`` for the FAST-VQA family),
-``fused``, ``error`` (empty when the video was scored). A video that cannot be decoded gets a row with an
-error and the run goes on; the exit status is 0 when at least one video was scored, 1 when none was, 2 for
-bad arguments or weights.
+[0, 1] quality (DOVER's fusion of the two branches, FAST-VQA's sigmoid rescale). A set-level fusion (Zoom-VQA's:
+each branch z-scored over the videos scored together) is computed once every video of the run is scored, and
+only for two or more: a single video gets its branch scores and the reason why it has no fused one. CSV
+columns: ``filename``, one column per branch (``technical,aesthetic`` for DOVER, ``fragments`` for the FAST-VQA
+family), ``fused``, ``error`` (empty when the video was scored). A video that cannot be decoded gets a row with
+an error and the run goes on; the exit status is 0 when at least one video was scored, 1 when none was (or the
+challenge CSV asked for fused scores the set does not have), 2 for bad arguments or weights.
 
 Views are the model's test-time views, centred and deterministic by default; ``--seed S`` samples them at
 random instead, every video with its own ``np.random.default_rng(S)`` (so a video's score does not depend on
@@ -230,8 +232,28 @@ class Scorer:
 
 
 def normalised_score(spec: ModelSpec, branch_scores: Mapping[str, float]) -> float | None:
-    """The model's [0, 1] quality (``spec.fusion``) from its branch means; None when the model defines none."""
-    return None if spec.fusion is None else float(spec.fusion(branch_scores))
+    """The model's [0, 1] quality (``spec.fusion``) from its branch means; None when the model defines none, or a
+    set-level one (see :func:`fuse_set`)."""
+    return None if spec.fusion is None or spec.fusion.set_level else float(spec.fusion(branch_scores))
+
+
+def fuse_set(spec: ModelSpec, results: Sequence[VideoScore]) -> str | None:
+    """Give the scored ``results`` their ``fused`` score from a set-level fusion over all of them (together).
+
+    Returns why the set has no fused scores (too few videos, a constant branch), else None; a model whose fusion
+    is per video (or that has none) is left alone.
+    """
+    fusion = spec.fusion
+    if fusion is None or not fusion.set_level:
+        return None
+    ok = [r for r in results if r.ok]
+    scores = {b: np.array([r.branches[b] for r in ok], np.float64) for b in fusion.branches}
+    reason = fusion.undefined(scores)
+    if reason is not None:
+        return f"no fused score: {reason}"
+    for r, fused in zip(ok, fusion(scores), strict=True):
+        r.fused = float(fused)
+    return None
 
 
 @dataclasses.dataclass
@@ -408,8 +430,8 @@ def write_challenge_csv(results: Sequence[VideoScore], choice: str, out: TextIO)
     return n
 
 
-def format_single(result: VideoScore, spec: ModelSpec) -> str:
-    """Human-readable scores of one video."""
+def format_single(result: VideoScore, spec: ModelSpec, note: str | None = None) -> str:
+    """Human-readable scores of one video; ``note`` says why a set-level fusion gave it no fused score."""
     if not result.ok:
         return f"{result.name}: {result.error}"
     width = max(len(b) for b in (*result.branches, "fused"))
@@ -417,6 +439,8 @@ def format_single(result: VideoScore, spec: ModelSpec) -> str:
     lines += [f"  {b:<{width}}  {s:+.6f}  (raw branch score)" for b, s in result.branches.items()]
     if result.fused is not None:
         lines.append(f"  {'fused':<{width}}  {result.fused:.6f}  ({spec.fusion.meaning})")
+    elif note is not None:
+        lines.append(f"  {'fused':<{width}}  none: {note.removeprefix('no fused score: ')}")
     if result.heatmap is not None:
         lines.append(f"  heat-map: {result.heatmap}")
     return "\n".join(lines)
@@ -606,17 +630,23 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         progress=not args.no_progress,
         report=lambda msg: tqdm.write(msg, file=sys.stderr),
     )
+    note = fuse_set(spec, results)
     elapsed = time.perf_counter() - t0
     ok = [r for r in results if r.ok]
+    fused_missing = bool(args.challenge_csv) and args.challenge_score == "fused" and any(r.fused is None for r in ok)
+    write_challenge = bool(args.challenge_csv) and bool(ok) and not fused_missing
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="", encoding="utf-8") as f:
             write_scores_csv(results, spec.score_names, f)
     if len(videos) == 1:
-        print(format_single(results[0], spec))
-    elif not args.out:  # many videos and no file: the CSV goes to stdout (progress and notes are on stderr)
-        write_scores_csv(results, spec.score_names, sys.stdout)
-    if args.challenge_csv and ok:
+        print(format_single(results[0], spec, note))
+    else:
+        if not args.out:  # many videos and no file: the CSV goes to stdout (progress and notes are on stderr)
+            write_scores_csv(results, spec.score_names, sys.stdout)
+        if note is not None and ok:
+            print(f"note: {note}", file=sys.stderr)
+    if write_challenge:
         Path(args.challenge_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(args.challenge_csv, "w", newline="", encoding="utf-8") as f:
             write_challenge_csv(results, args.challenge_score, f)
@@ -627,12 +657,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         + f" in {elapsed:.1f} s (model load {load_s:.1f} s and compilation {scorer.compile_seconds or 0:.1f} s "
         "included)"
         + (f"; wrote {args.out}" if args.out else "")
-        + (f", {args.challenge_csv} ({args.challenge_score})" if args.challenge_csv and ok else "")
+        + (f", {args.challenge_csv} ({args.challenge_score})" if write_challenge else "")
         + (" -- RANDOM WEIGHTS" if args.random_weights else ""),
         file=sys.stderr,
     )
     if args.challenge_csv and not ok:
         print(f"error: no video was scored; {args.challenge_csv} not written", file=sys.stderr)
+    if fused_missing:
+        print(
+            f"error: {args.challenge_csv} not written ({note}); use --challenge-score mean or a branch", file=sys.stderr
+        )
+        return 1
     return 0 if ok else 1
 
 

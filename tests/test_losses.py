@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvq_jax.train.losses import adaptive_rank_loss, plcc_loss, rank_loss, vqa_loss
+from kvq_jax.train.losses import adaptive_rank_loss, plcc_loss, rank_loss, smooth_l1_loss, vqa_loss
 
 # ----------------------------------------------------------------------------------------------- references
 
@@ -243,3 +243,25 @@ def test_vqa_loss_with_adaptive_rank_and_errors() -> None:
         vqa_loss({"fragments": p}, y, weights={"plc": 1.0})
     step = jax.jit(lambda p, y: vqa_loss({"a": p}, y, weights={"plcc": 1.0, "rank": 0.3})[0])
     np.testing.assert_allclose(float(step(p, y)), np_plcc(p, y) + 0.3 * np_rank(p, y), rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------- smooth L1
+
+
+def test_smooth_l1_hand_worked_mask_and_torch() -> None:
+    # d = 0.5 → 0.125; d = -2 → 1.5; d = 1 (the boundary, linear side) → 0.5; d = 0 → 0: mean 2.125 / 4.
+    p = np.array([1.5, 1.0, 4.0, 3.0], np.float32)
+    y = np.array([1.0, 3.0, 3.0, 3.0], np.float32)
+    np.testing.assert_allclose(float(smooth_l1_loss(p, y)), 2.125 / 4, rtol=1e-6)
+    np.testing.assert_allclose(float(smooth_l1_loss(p, y, valid=np.array([1, 1, 0, 0]))), 1.625 / 2, rtol=1e-6)
+    assert float(smooth_l1_loss(p, y, valid=np.zeros(4))) == 0.0
+    grad = jax.grad(lambda q: smooth_l1_loss(q, y))(jnp.asarray(p))
+    np.testing.assert_allclose(np.asarray(grad), [0.5 / 4, -1 / 4, 1 / 4, 0.0], rtol=1e-6)  # d inside, else sign
+    torch = pytest.importorskip("torch")
+    pt, yt = random_batch(30, 16)
+    pt = pt * 3  # both branches of the loss
+    ref = torch.nn.functional.smooth_l1_loss(torch.from_numpy(pt), torch.from_numpy(yt)).item()
+    np.testing.assert_allclose(float(smooth_l1_loss(pt, yt)), ref, rtol=1e-6)
+    loss, aux = vqa_loss({"iqa": p}, y, weights={"plcc": 0.0, "rank": 0.0, "smooth_l1": 2.0})
+    np.testing.assert_allclose(float(loss), 2 * 2.125 / 4, rtol=1e-6)
+    assert set(aux) == {"iqa/smooth_l1", "total"}

@@ -20,8 +20,20 @@ from kvq_jax.parity import run_case, unit_uniform
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 
-FAST = ["dover/mobile_t8.json", "fastvqa/fastvqa_m_t16.json", "dover/dover_t8.json", "simplevqa/simplevqa_small.json"]
-SLOW = ["dover/mobile_t32.json", "dover/dover_t32.json", "fastvqa/fastvqa_b_t32.json", "cover/cover_small.json"]
+FAST = [
+    "dover/mobile_t8.json",
+    "fastvqa/fastvqa_m_t16.json",
+    "dover/dover_t8.json",
+    "simplevqa/simplevqa_small.json",
+    "zoomvqa/zoomvqa_small.json",
+]
+SLOW = [
+    "dover/mobile_t32.json",
+    "dover/dover_t32.json",
+    "fastvqa/fastvqa_b_t32.json",
+    "cover/cover_small.json",
+    "zoomvqa/zoomvqa_full.json",
+]
 
 
 def test_unit_uniform_matches_published_rule():

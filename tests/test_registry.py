@@ -12,7 +12,7 @@ from kvq_jax.models import get_spec, model_names, spec_for_official_config
 from kvq_jax.models.registry import ModelSpec, register
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT_IN = [n for n in model_names() if get_spec(n).family in ("dover", "fastvqa", "cover")]
+BUILT_IN = [n for n in model_names() if get_spec(n).family in ("dover", "fastvqa", "cover", "zoomvqa")]
 
 
 def _named_in_code(path: Path, names: list[str]) -> set[str]:
@@ -51,7 +51,8 @@ def test_a_model_is_named_only_in_its_family_module_and_its_config():
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_built_in_specs_are_complete(name):
     spec = get_spec(name)
-    assert spec.weights is not None and spec.weights.url.startswith("https://") and spec.weights.file.endswith(".pth")
+    assert spec.weights is not None and spec.weights.url.startswith("https://")
+    assert spec.weights.file.endswith((".pth", ".pth.tar"))
     assert spec.official is not None and spec_for_official_config(spec.official.config) is spec
     assert spec.fusion is not None and set(spec.fusion.branches) == set(spec.branch_names)
     assert spec.score_names == spec.branch_names and hash(spec)  # hashable: static data of jitted models

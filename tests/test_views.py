@@ -21,6 +21,7 @@ from kvq_jax.data.views import (
     resize_view,
     sample_frame_indices,
     sample_views,
+    short_side_size,
     spatial_fragments,
 )
 from kvq_jax.models import get_spec, model_names
@@ -325,6 +326,49 @@ def test_fragments_match_official_torch_code(hw):
     np.testing.assert_array_equal(ours, official_fragments_torch(torch, video, spec, off_h, off_w))
 
 
+@pytest.mark.parametrize("hw", [(270, 360), (500, 500), (641, 480)])
+def test_short_side_fragments_match_zoomvqa_vqa_mine(hw):
+    """Zoom-VQA's VQA view against vqa_mine.py's torch ops: the long side ``int(long / (short / 480))`` (500² gives
+    480×479), bilinear on x/255, ×255, truncated to uint8, then 7×7 centred fragments of 48 px."""
+    torch = pytest.importorskip("torch")
+    height, width = hw
+    video = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    video[:, : height // 3] = 200  # flat: the ×255 truncation decides between 199 and 200
+    spec = dataclasses.replace(get_spec("zoomvqa").views["vqa"], clip_len=2, aligned=2, num_clips=1)
+    x = torch.from_numpy(video).permute(3, 0, 1, 2)
+    t_h, t_w = (int(height / (width / 480)), 480) if height > width else (480, int(width / (height / 480)))
+    assert short_side_size(height, width, spec) == (t_h, t_w)
+    resized = (torch.nn.functional.interpolate(x / 255.0, size=(t_h, t_w), mode="bilinear") * 255.0).type_as(x)
+    centred = (((t_h // 7) - 48) // 2, ((t_w // 7) - 48) // 2)
+    off_h, off_w = (np.full((7, 7, 1), max(c, 0)) for c in centred)
+    ours = make_view(video, spec, None)[0]
+    assert ours.shape == (2, 336, 336, 3)
+    np.testing.assert_array_equal(
+        ours, official_fragments_torch(torch, resized.permute(1, 2, 3, 0).numpy(), spec, off_h, off_w)
+    )
+    assert short_side_size(500, 500, spec) == (480, 479)
+
+
+@pytest.mark.parametrize("hw", [(270, 360), (600, 500), (512, 700)])
+def test_short_side_crop_is_zoomvqa_iqa_frames_within_half_a_level(hw):
+    """Zoom-VQA's IQA frames: torchvision's Resize(512) (long side ``int(512 · long / short)``, bilinear, no
+    antialiasing, float) and the centre crop ``(size − 320) // 2``; ours are rounded to uint8, half a level apart."""
+    torch = pytest.importorskip("torch")
+    height, width = hw
+    video = np.random.default_rng(width).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    spec = dataclasses.replace(get_spec("zoomvqa").views["iqa"], num_clips=2)
+    short, long = sorted((height, width))
+    size = (int(512 * long / short), 512) if width <= height else (512, int(512 * long / short))
+    assert short_side_size(height, width, spec) == size
+    x = torch.from_numpy(video).permute(0, 3, 1, 2) / 255.0
+    resized = x if size == hw else torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=False)
+    top, left = (size[0] - 320) // 2, (size[1] - 320) // 2
+    want = resized[:, :, top : top + 320, left : left + 320].permute(0, 2, 3, 1).numpy() * 255
+    ours = make_view(video, spec, None)[:, 0]
+    assert ours.shape == (2, 320, 320, 3)
+    assert np.abs(ours - want).max() <= 0.5 + 1e-4
+
+
 # ------------------------------------------------------------------------------------------ views end to end
 
 
@@ -549,6 +593,12 @@ def test_viewspec_validation():
         ViewSpec("resize", clip_len=0)
     with pytest.raises(ValueError, match="t_frag"):
         ViewSpec("resize", clip_len=4, t_frag=8)
+    with pytest.raises(ValueError, match="short_side needs"):  # a short-side resize alone has no fixed shape
+        ViewSpec("resize", clip_len=1, short_side=512)
+    with pytest.raises(ValueError, match="crop 320×320 > short side 300"):
+        ViewSpec("resize", clip_len=1, short_side=300, crop_h=320, crop_w=320)
+    # with a short side the crop is checked against it, not against the (unused) square size
+    assert ViewSpec("resize", clip_len=1, short_side=512, crop_h=320, crop_w=320).shape == (1, 1, 320, 320, 3)
 
 
 def test_several_samplings_stack_on_the_clip_axis(ramp_clip):

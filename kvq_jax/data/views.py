@@ -13,6 +13,11 @@ included:
 * the resize view squashes to ``size_h × size_w`` ignoring the aspect ratio, bilinear without antialiasing,
   rounded to uint8 (the torch 1.13 / torchvision 0.14 tensor path); with ``crop_h × crop_w`` it then crops, at
   random in training and at ``size // 2 − crop // 2`` at test (the KVQ SimpleVQA baseline's ``resize 520, crop 448``);
+* ``short_side`` first resizes every frame so that its short side has that many pixels, the aspect ratio kept
+  (Zoom-VQA): before fragments as its ``vqa_mine.py`` does it (long side ``int(long / (short / s))``, bilinear on
+  x/255, ×255, truncated to uint8), before the centre crop of a resize view as torchvision's ``Resize(s)`` sizes it
+  (long side ``int(s · long / short)``) — the official IQA frames stay float there, ours are rounded to uint8
+  (at most half a grey level apart);
 * the seconds view is the SlowFast feature extractor's input (the KVQ repo's ``SlowFast_features.py``): clip ``i``
   is ``clip_len`` consecutive frames from frame ``i · round(fps)`` (second ``i``), padded with the video's last
   frame; ``t_frag`` such clips (a video shorter than ``t_frag`` seconds repeats its last whole second), each frame
@@ -55,6 +60,8 @@ class ViewSpec:
     ``clip_len`` frames, resized; one model clip holds them all). Temporal fields of the other kinds: without
     ``t_frag`` the sampler takes ``num_clips`` segments of ``clip_len`` frames (stride ``frame_interval``); with
     ``t_frag`` each of the ``num_clips`` clips is ``t_frag`` segments of ``clip_len // t_frag`` frames.
+    ``short_side`` (fragments, or resize with a crop) resizes the frames to that short side first, keeping the
+    aspect ratio; a resize view then crops without squashing (``size_h``, ``size_w`` unused).
     """
 
     kind: str
@@ -71,6 +78,7 @@ class ViewSpec:
     size_w: int = 224
     crop_h: int | None = None
     crop_w: int | None = None
+    short_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -81,7 +89,12 @@ class ViewSpec:
                 raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
         if (self.crop_h is None) != (self.crop_w is None) or (self.crop_h is not None and self.kind != "resize"):
             raise ValueError(f"ViewSpec: crop_h and crop_w go together, on a resize view; got {self}")
-        if self.crop_h is not None and (self.crop_h > self.size_h or self.crop_w > self.size_w):
+        if self.short_side is not None:
+            if self.kind == "seconds" or (self.kind == "resize" and self.crop_h is None):
+                raise ValueError("ViewSpec.short_side needs a fragments view or a resize view with a crop")
+            if self.crop_h is not None and max(self.crop_h, self.crop_w) > self.short_side:
+                raise ValueError(f"ViewSpec: crop {self.crop_h}×{self.crop_w} > short side {self.short_side}")
+        elif self.crop_h is not None and (self.crop_h > self.size_h or self.crop_w > self.size_w):
             raise ValueError(f"ViewSpec: crop {self.crop_h}×{self.crop_w} > resize {self.size_h}×{self.size_w}")
         if self.kind == "seconds" and self.t_frag is None:
             raise ValueError("a seconds view needs t_frag (the number of one-second clips)")
@@ -292,14 +305,34 @@ def resize_view(video: np.ndarray, spec: ViewSpec, *, order: np.ndarray | None =
     return _bilinear(video, (out_h, out_w), scales, (out_h, out_w), unit_scale=False, order=order)
 
 
+def short_side_size(height: int, width: int, spec: ViewSpec) -> tuple[int, int]:
+    """(h, w) with the short side ``spec.short_side``; the long side is rounded down as the official code does
+    it for the view's kind (``vqa_mine.py`` before fragments, torchvision's ``Resize(int)`` before a crop)."""
+    s = spec.short_side
+    if spec.kind == "fragments":
+        return (int(height / (width / s)), s) if height > width else (s, int(width / (height / s)))
+    return (int(s * height / width), s) if width <= height else (s, int(s * width / height))
+
+
+def short_side_resize(video: np.ndarray, spec: ViewSpec, order: np.ndarray) -> np.ndarray:
+    """``video[order]`` [T, H, W, C] resized to :func:`short_side_size`, uint8: a fragments view as
+    ``vqa_mine.py`` (bilinear on x/255, ×255, truncated), a resize view as torchvision's tensor ``Resize``
+    (bilinear, no antialiasing, rounded)."""
+    _, in_h, in_w, _ = video.shape
+    out_hw = short_side_size(in_h, in_w, spec)
+    scales = (np.float32(in_h) / np.float32(out_hw[0]), np.float32(in_w) / np.float32(out_hw[1]))
+    return _bilinear(video, out_hw, scales, out_hw, unit_scale=spec.kind == "fragments", order=order)
+
+
 def crop_view(view: np.ndarray, spec: ViewSpec, rng: np.random.Generator | None) -> np.ndarray:
-    """The ``crop_h × crop_w`` crop of a resized view [T, size_h, size_w, C], the same for every frame.
+    """The ``crop_h × crop_w`` crop of a resized view [T, h, w, C], the same for every frame.
 
     As the KVQ baseline's ``get_resizecrop_video``: the offsets are ``randrange(size − crop)`` per axis (``rng``;
-    0 when the crop fills the axis) or ``size // 2 − crop // 2`` (``rng=None``).
+    0 when the crop fills the axis) or ``size // 2 − crop // 2`` (``rng=None``), which is Zoom-VQA's centre crop
+    ``(size − crop) // 2`` for its even crop.
     """
     offsets = []
-    for size, crop in ((spec.size_h, spec.crop_h), (spec.size_w, spec.crop_w)):
+    for size, crop in zip(view.shape[1:3], (spec.crop_h, spec.crop_w), strict=True):
         if rng is None:
             offsets.append(size // 2 - crop // 2)
         else:
@@ -416,10 +449,12 @@ def make_view(
     count = video.shape[0] if order is None else len(order)
     if count != spec.total_frames:
         raise ValueError(f"view needs {spec.total_frames} frames, got {count}")
+    if spec.short_side is not None:
+        video, order = short_side_resize(video, spec, _frame_order(video, order)), None
     if spec.kind == "fragments":
         view = spatial_fragments(video, spec, rng, order=order)
     else:
-        view = resize_view(video, spec, order=order)
+        view = video if spec.short_side is not None else resize_view(video, spec, order=order)
         if spec.crop_h is not None:
             view = crop_view(view, spec, rng)
     return view.reshape(spec.num_clips, spec.frames_per_clip, *view.shape[1:])

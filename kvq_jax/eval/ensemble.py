@@ -43,6 +43,7 @@ from kvq_jax.eval.challenge import (
     read_scores_csv,
     split_score,
 )
+from kvq_jax.eval.metrics import sigmoid_rescale
 from kvq_jax.eval.submit import write_submission
 
 METHODS = ("zmean", "rank", "sigmoid", "mean", "lstsq", "nnls")
@@ -96,7 +97,7 @@ def fuse(x: np.ndarray, method: str, weights: tuple[np.ndarray, float] | None = 
     if method == "zmean":
         return z.mean(axis=1)
     if method == "sigmoid":
-        return (100.0 / (1.0 + np.exp(-z))).mean(axis=1)
+        return sigmoid_rescale(x).mean(axis=1)
     if method in FITTED:
         if weights is None:
             raise ValueError(f"method {method!r} needs weights fitted on validation predictions")

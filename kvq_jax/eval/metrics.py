@@ -33,6 +33,7 @@ __all__ = [
     "map_predictions",
     "plcc",
     "rmse",
+    "sigmoid_rescale",
     "srocc",
 ]
 
@@ -89,6 +90,18 @@ def linear_rescale(pred: ArrayLike, truth: ArrayLike) -> np.ndarray:
     """DOVER-style ``(p - mean p) / std p * std y + mean y`` with population std (NumPy ``ddof=0``)."""
     p, y = _pair(pred, truth)
     return (p - p.mean()) / p.std() * y.std() + y.mean()
+
+
+def sigmoid_rescale(scores: ArrayLike, axis: int = 0, xp=np):
+    """Zoom-VQA's rescale (``sigmoid_rescale`` of its ``vqa_mine.py`` and ``ensemble.py``): the scores' z-scores
+    over ``axis`` (population std), then ``100 / (1 + exp(−z))``, a 0–100 score relative to the set.
+
+    ``xp`` is the array module: numpy (float64 for host numbers, as the official scripts) or ``jax.numpy``
+    (inside a traced function). A constant set has no z-scores (NaN).
+    """
+    s = xp.asarray(scores)
+    z = (s - s.mean(axis=axis, keepdims=True)) / s.std(axis=axis, keepdims=True)
+    return 100.0 / (1.0 + xp.exp(-z))
 
 
 def map_predictions(pred: ArrayLike, truth: ArrayLike, mapping: MappingKind) -> np.ndarray:

@@ -5,6 +5,10 @@ a depthwise (k,7,7) convolution whose temporal extent follows the inflation patt
 LayerNorms with eps 1e-6 (the channels-first ones in the stem/downsamplers are plain channel LayerNorms in our
 channels-last layout), layer scale `gamma` (V1) or GRN (V2), and a final LayerNorm on the spatial feature map.
 
+The same module is timm's 2-D ConvNeXt on frames (Zoom-VQA's CPNet): clips of one frame, a (1,4,4) stem
+(``stem_t=1``), every block's kernel of depth 1 (``inflate="1"``), no final LayerNorm (``final_norm=False``, timm's
+``features_only``) and the four stage maps read with :meth:`ConvNeXt3D.stage_outputs`.
+
 GRN quirk kept on purpose: the official V2 block takes the L2 norm over dims (1, 2) of a (N, T, H, W, C)
 tensor, i.e. over **T and H**, not H and W.
 """
@@ -32,6 +36,8 @@ class ConvNeXtConfig:
     drop_path_rate: float = 0.0
     # ConvNeXt-V2 carries an (unused) ImageNet classifier; kept so official checkpoints load strictly.
     num_classes: int = 0
+    stem_t: int = 2  # the stem's temporal patch (1: frames, the 2-D network)
+    final_norm: bool = True
 
     @property
     def num_features(self) -> int:
@@ -229,7 +235,7 @@ class ConvNeXt3D(nnx.Module):
         dims = cfg.dims
         stem = nnx.List(
             [
-                conv3d(3, dims[0], (2, 4, 4), (2, 4, 4), "VALID", dtype, rngs),
+                conv3d(3, dims[0], (cfg.stem_t, 4, 4), (cfg.stem_t, 4, 4), "VALID", dtype, rngs),
                 layer_norm(dims[0], 1e-6, dtype, rngs),
             ]
         )
@@ -263,13 +269,20 @@ class ConvNeXt3D(nnx.Module):
                 for i, depth in enumerate(cfg.depths)
             ]
         )
-        self.norm = layer_norm(dims[-1], 1e-6, dtype, rngs)
+        self.norm = layer_norm(dims[-1], 1e-6, dtype, rngs) if cfg.final_norm else None
         self.head = dense(dims[-1], cfg.num_classes, dtype, rngs) if cfg.num_classes else None
 
-    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def stage_outputs(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> list[jax.Array]:
+        """Every stage's output map (B, T', H/4·2⁻ⁱ, W/4·2⁻ⁱ, Cᵢ), before any final LayerNorm."""
+        outs = []
         for down, stage in zip(self.downsample_layers, self.stages, strict=True):
             for layer in down:
                 x = layer(x)
             for block in stage:
                 x = block(x, rngs)
-        return self.norm(x)
+            outs.append(x)
+        return outs
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = self.stage_outputs(x, rngs)[-1]
+        return self.norm(x) if self.norm is not None else x

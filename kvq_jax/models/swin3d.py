@@ -7,7 +7,10 @@ Reproduces the official `swin_backbone.py` of VQAssessment/DOVER and FAST-VQA, q
   (1, wh, ww) grid (the window's own h, w — 7×7 for DOVER) nearest-interpolated onto the padded feature map
   and rolled with the shift. The bias is g·RPB + (1−g)·FPB, so pairs two fragments apart get 2·RPB − FPB.
 * Zero padding after norm1 up to window multiples, padded tokens not masked; the 27-region shift mask
-  with −100; window and shift clamped per dimension when the feature is not larger than the window.
+  with −100; window and shift clamped per dimension when the feature is not larger than the window. The shift
+  is half the *constructed* window ((4,3,3) for (8,7,7)) even when adaptive windows shrink the window: it is
+  zeroed only on an axis whose token count is ≤ the window, so Zoom-VQA's (2,7,7) window on 4 time steps rolls
+  time by 4 (the identity) and masks space only, and 16 frames at 240² run (4,5,5) windows shifted (4,3,3).
 * Relative-position index slicing for shrunken windows: DOVER's code takes `index[:N, :N]` of the index
   built for the constructed window; FAST-VQA's code (adaptive windows, scaled by input size relative to
   32×224×224) takes the 6-D block `[:d, :h, :w, :d, :h, :w]`. `adaptive_window=True` selects the latter.
@@ -475,12 +478,18 @@ class SwinTransformer3D(nnx.Module):
         )
         self.norm = layer_norm(cfg.num_features, 1e-5, dtype, rngs)
 
-    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def stage_outputs(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> list[jax.Array]:
+        """Every stage's output (patch merging included, final LayerNorm not), as the official ``feats``."""
         cfg = self.cfg
         window = None
         if cfg.adaptive_window:
             window = adaptive_window(cfg.window_size, tuple(x.shape[1:4]), cfg.base_x_size)
         x = self.patch_embed(x)
+        outs = []
         for layer in self.layers:
             x = layer(x, window, cfg.adaptive_window, rngs)
-        return self.norm(x)
+            outs.append(x)
+        return outs
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return self.norm(self.stage_outputs(x, rngs)[-1])

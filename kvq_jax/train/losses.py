@@ -9,9 +9,11 @@ placement and the non-detached scale term of the rank loss. ``adaptive_rank_loss
 VideoFusion team's "adaptive rank-aware loss" (NTIRE 2024 KVQ challenge report, arXiv 2404.11313); see its
 docstring for what is taken from the report and what is our choice.
 
-``plcc_loss``, ``rank_loss`` and ``adaptive_rank_loss`` accept an optional ``valid`` mask ``[B]`` (bool or
-0/1) so that padded examples of a fixed-size batch drop out exactly: with ``valid`` all true the result
-equals the unmasked loss.
+``smooth_l1_loss`` is ``F.smooth_l1_loss`` (β = 1, mean), Zoom-VQA's IQA branch loss against the raw MOS.
+
+``plcc_loss``, ``rank_loss``, ``smooth_l1_loss`` and ``adaptive_rank_loss`` accept an optional ``valid`` mask
+``[B]`` (bool or 0/1) so that padded examples of a fixed-size batch drop out exactly: with ``valid`` all true the
+result equals the unmasked loss.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ Array = jax.Array
 _STD_EPS = 1e-8
 
 # Keys of the ``weights`` mapping accepted by ``vqa_loss``.
-LOSS_WEIGHT_KEYS = ("plcc", "rank", "arank")
+LOSS_WEIGHT_KEYS = ("plcc", "rank", "arank", "smooth_l1")
 # Keyword arguments of ``adaptive_rank_loss`` that ``vqa_loss`` forwards from ``arank_options``.
 ARANK_OPTION_KEYS = (
     "margin_homologous",
@@ -107,6 +109,17 @@ def rank_loss(p: Array, y: Array, valid: Array | None = None) -> Array:
     return jnp.sum(r) / denom / (1 + jnp.max(r))
 
 
+def smooth_l1_loss(p: Array, y: Array, valid: Array | None = None) -> Array:
+    """PyTorch's ``smooth_l1_loss`` with β = 1: the mean of ``0.5·d²`` where ``|d| < 1``, else ``|d| − 0.5``
+    (``d = p − y``). Unlike the correlation losses it fixes the scale: the head learns the MOS itself. No valid
+    example gives 0."""
+    p, y = _check_pair(p, y, "smooth_l1_loss")
+    m = _mask(valid, p, "smooth_l1_loss")
+    d = jnp.abs(p - y)
+    per = jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
+    return jnp.sum(m * per) / jnp.maximum(jnp.sum(m), 1.0)
+
+
 def adaptive_rank_loss(
     p: Array,
     y: Array,
@@ -174,11 +187,13 @@ def vqa_loss(
     group: Array | None = None,
     arank_options: Mapping[str, Any] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Sum over branches of ``w_plcc·plcc + w_rank·rank + w_arank·adaptive_rank``, every branch vs ``y``.
+    """Sum over branches of ``w_plcc·plcc + w_rank·rank + w_arank·adaptive_rank + w_smooth_l1·smooth_l1``, every
+    branch vs ``y``.
 
     This is DOVER's transfer-learning objective with ``weights = {"plcc": 1.0, "rank": 0.3}`` and two
     branches (``technical``, ``aesthetic``), each supervised with the overall MOS; FAST-VQA: one branch.
-    Missing weight keys default to ``plcc=1.0, rank=0.3, arank=0.0``; terms with weight 0 are not computed.
+    Missing weight keys default to ``plcc=1.0, rank=0.3, arank=0.0, smooth_l1=0.0``; terms with weight 0 are not
+    computed.
     ``weights`` and ``arank_options`` (keyword arguments of ``adaptive_rank_loss``) are configuration: they
     must be Python numbers, not traced values (close over them when jitting).
 
@@ -193,7 +208,7 @@ def vqa_loss(
         raise ValueError(f"vqa_loss: unknown arank_options keys {sorted(unknown)}; known: {list(ARANK_OPTION_KEYS)}")
     if not preds:
         raise ValueError("vqa_loss: preds is empty; expected one [B] array per branch")
-    w = {"plcc": 1.0, "rank": 0.3, "arank": 0.0}
+    w = {"plcc": 1.0, "rank": 0.3, "arank": 0.0, "smooth_l1": 0.0}
     w.update({k: float(v) for k, v in weights.items()})
     if w["arank"] != 0 and group is None:
         raise ValueError("vqa_loss: weights['arank'] is non-zero but no `group` (source-video ids) was given")
@@ -208,6 +223,8 @@ def vqa_loss(
             terms["rank"] = rank_loss(p, y)
         if w["arank"]:
             terms["arank"] = adaptive_rank_loss(p, y, group, **opts)
+        if w["smooth_l1"]:
+            terms["smooth_l1"] = smooth_l1_loss(p, y)
         for term, value in terms.items():
             aux[f"{branch}/{term}"] = value
             total = total + w[term] * value
