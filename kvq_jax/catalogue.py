@@ -13,8 +13,10 @@ process is done, process 0 merges the chunks in input order into ``DIR/scores.cs
 (videos scored / errored / skipped as done, wall time, videos/s, the share of time the model waited for input).
 
 Rows are those of `kvq-jax score`'s CSV: ``filename``, one column per score, ``fused``, ``error`` (a video that
-cannot be read gets an error row, and the run goes on). Decoding runs ahead of the model in ``--workers`` threads
-or, with ``--worker-processes``, processes (for decoders that hold the GIL).
+cannot be read gets an error row, and the run goes on). A set-level fusion (Zoom-VQA's, over the videos scored
+together) is not computed here, where each chunk is scored apart: ``fused`` stays empty; it follows from the branch
+columns of the whole ``scores.csv`` (`kvq_jax.models.fusion.SetSigmoidRescale`). Decoding runs ahead of the
+model in ``--workers`` threads or, with ``--worker-processes``, processes (for decoders that hold the GIL).
 """
 
 from __future__ import annotations
