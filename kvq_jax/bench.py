@@ -666,6 +666,40 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def study_table(folder: Path) -> str:
+    """A markdown table of every bench report in ``folder`` (a speed study): per run the JAX latency, the
+    official PyTorch eager / compiled latencies and their ratio to JAX, JAX's utilisation of the device, and
+    whether the score maps agreed."""
+    lines = [
+        "| model | mode | dtype | batch | device | JAX s/step | torch eager | torch.compile | eager/JAX | "
+        "JAX util | agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        if not isinstance(report, dict) or report.get("schema") != SCHEMA:  # parity reports are lists
+            continue
+        c, r = report["config"], report["results"]
+        median = {name: res["latency"]["median_s"] for name, res in r.items()}
+        util = r["jax"].get("utilisation")
+        agreement = report.get("agreement")
+        cells = [
+            c["model"],
+            c["mode"],
+            c["dtype"],
+            str(c["batch"]),
+            report["host"]["device_kind"],
+            f"{median['jax']:.4f}",
+            f"{median['torch_eager']:.4f}" if "torch_eager" in median else "—",
+            f"{median['torch_compile']:.4f}" if "torch_compile" in median else "—",
+            f"{median['torch_eager'] / median['jax']:.2f}×" if "torch_eager" in median else "—",
+            f"{100 * util:.1f} %" if util else "—",
+            ("yes" if agreement["ok"] else f"NO ({agreement['worst']:.1e})") if agreement else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kvq_jax.bench", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
@@ -713,6 +747,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--table"]:  # python -m kvq_jax.bench --table DIR: the markdown table of a speed study
+        if len(argv) != 2:
+            raise SystemExit("usage: python -m kvq_jax.bench --table DIR")
+        print(study_table(Path(argv[1])))
+        return 0
     args = parse_args(argv)
     device = jax.devices(args.device)[0] if args.device else jax.devices()[0]
     dtype = jnp.dtype(args.dtype)

@@ -139,6 +139,11 @@ def test_bench_writes_report_and_png(tmp_path, capsys):
     img = matplotlib.image.imread(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.ndim == 3 and img.shape[0] > 100
     assert "videos/s" in capsys.readouterr().out
+    # The speed study's markdown table reads the report (and skips other JSON, e.g. parity results).
+    (tmp_path / "parity.json").write_text("[]")
+    table = bench.study_table(tmp_path).splitlines()
+    assert len(table) == 3 and table[2].startswith("| dover_mobile | infer | float32 | 2 | cpu |")
+    assert f"{lat['median_s']:.4f}" in table[2]
 
 
 # ----------------------------------------------------------------------------------------------- torch side

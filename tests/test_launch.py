@@ -344,6 +344,21 @@ def test_tpu_score_starts_the_catalogue_on_all_workers(sandbox: Sandbox) -> None
     assert res.rc != 0 and "--out as a gs:// folder" in res.err
 
 
+def test_gpu_study_plan() -> None:
+    """The prepared GPU study: its quick plan (one device call) and the CPU smoke form, as commands."""
+    quick = subprocess.run(["bash", str(LAUNCH / "gpu/study.sh"), "--dry-run"], capture_output=True, text=True)
+    assert quick.returncode == 0, quick.stderr
+    lines = [line[2:] for line in quick.stdout.splitlines() if line.startswith("+ ")]
+    bench = [shlex.split(line) for line in lines if " -m kvq_jax.bench --device" in line]
+    assert len(bench) == 12  # 3 models x 2 dtypes x infer/train, batch 8
+    assert all(b[b.index("--device") + 1] == "gpu" and "--torch-reference" in b for b in bench)
+    assert sum("kvq_jax.parity" in line for line in lines) == 2 and any("data.bench --workers 16" in x for x in lines)
+    smoke = subprocess.run(
+        ["bash", str(LAUNCH / "gpu/study.sh"), "--smoke", "--dry-run"], capture_output=True, text=True
+    )
+    assert smoke.returncode == 0 and "--device cpu" in smoke.stdout and "--device gpu" not in smoke.stdout
+
+
 def test_tpu_run_keeps_awkward_trainer_flags_intact(sandbox: Sandbox) -> None:
     awkward = ['--config.note=it\'s a "test" with $HOME and `ticks`', "--config.list=(1, 2)", "--config.e="]
     res = sandbox.run("tpu/run.sh", "--dry-run", "--run-name=r", "--", *awkward, **TPU)
