@@ -28,6 +28,9 @@ VARIANTS = [
     "fastvqa.py",
     "fastvqa.py:fastervqa",
     "fastvqa.py:fastvqa_m,quick",
+    "simplevqa.py",
+    "simplevqa.py:e2e",
+    "simplevqa.py:quick",
 ]
 
 

@@ -190,10 +190,15 @@ def path_str(path: Sequence[Any]) -> str:
 
 
 def param_label(path: str, *, freeze: Sequence[str] = (), no_decay: Sequence[str] = ()) -> str:
-    """Optimiser group of one parameter: ``frozen``, or ``backbone``/``other``, optionally ``_nodecay``."""
+    """Optimiser group of one parameter: ``frozen``, or ``backbone``/``other``, optionally ``_nodecay``.
+
+    ``backbone``: a module on the path has "backbone" in its name, as the official trainers group the children
+    of their model (DOVER's ``technical_backbone``; SimpleVQA's ``vqa/simpleVQA_backbone``, whose official
+    network is one level down in our module).
+    """
     if any(re.fullmatch(pat, path) for pat in freeze):
         return FROZEN
-    group = "backbone" if "backbone" in path.split("/", 1)[0] else "other"
+    group = "backbone" if any("backbone" in part for part in path.split("/")[:-1]) else "other"
     return group + ("_nodecay" if any(re.fullmatch(pat, path) for pat in no_decay) else "")
 
 

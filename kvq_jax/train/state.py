@@ -8,25 +8,28 @@ the EMA uses the current statistics).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from kvq_jax.models import abstract_model, get_model, get_spec, split_model, with_state
 from kvq_jax.train import optim, sharding
-from kvq_jax.weights import read_variables
+from kvq_jax.weights import load_pretrained, read_variables
 
 PyTree = Any
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
-    """(train graph, eval graph, float32 params, other variables): fresh, or from `cfg.init_weights`."""
+    """(train graph, eval graph, float32 params, other variables): fresh (with the spec's pretrained backbones
+    where `cfg.pretrained` asks for them and they are installed), or from `cfg.init_weights`."""
     spec = get_spec(cfg.model)
     dtype = jnp.dtype(cfg.dtype)
     drop_path = cfg.get("drop_path_rate")
@@ -35,11 +38,33 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.Graph
         model = with_state(abstract, read_variables(cfg.init_weights, abstract))
     else:
         model = get_model(spec, dtype=dtype, seed=cfg.seed, drop_path_rate=drop_path)
+        if cfg.get("pretrained") and spec.pretrained is not None:
+            files = load_pretrained(model)
+            if files:
+                logging.info("%s: backbones from %s", spec.name, ", ".join(files))
+            else:
+                logging.warning("%s: no pretrained backbone weights installed; training from random ones", spec.name)
     model.train()
+    freeze_batch_norm(model, cfg.optim.freeze)
     train_graph = nnx.graphdef(model)
     model.eval()
     eval_graph, params, stats = split_model(model)
     return train_graph, eval_graph, params, stats
+
+
+def freeze_batch_norm(model: nnx.Module, freeze: Sequence[str]) -> None:
+    """Put back in eval mode every BatchNorm whose scale and bias `freeze` matches.
+
+    A frozen backbone is a fixed feature extractor: in train mode its BatchNorm layers would normalise with the
+    statistics of each small batch and overwrite the pretrained running statistics, so the features would differ
+    between training and evaluation. (The official SimpleVQA trains its ResNet, BatchNorm included, but extracts
+    the SlowFast features offline in eval mode.)
+    """
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.BatchNorm):
+            prefix = "/".join(map(str, path))
+            if all(optim.param_label(f"{prefix}/{leaf}", freeze=freeze) == optim.FROZEN for leaf in ("scale", "bias")):
+                module.use_running_average = True
 
 
 def init_state(
