@@ -16,9 +16,12 @@ from kvq_jax.data.views import ViewSpec, make_view, sample_frame_indices, second
 from kvq_jax.models import abstract_model, get_model, get_spec
 from kvq_jax.models.simplevqa import MOTION_VIEW, SPATIAL_VIEW, mean_std_pool
 from kvq_jax.parity import manifest_weights
+from kvq_jax.train import optim, state, steps
+from kvq_jax.train.defaults import base_config
 
 torch = pytest.importorskip("torch")
 
+SLOWFAST = "slowfast/.*"
 MANIFEST = Path(__file__).parent / "fixtures" / "parity" / "simplevqa" / "manifest_kwai_simpleVQA.json"
 
 
@@ -121,3 +124,36 @@ def test_lite0_variant_scores_frames_from_pretrained_features():
     assert out["quality"].shape == (2, 3)
     feats = model.vqa.frame_features(frames, None)
     assert feats.shape == (2, 3, spec.arch.in_features) and spec.arch.in_features == 2 * (40 + 112 + 320 + 1280)
+
+
+@pytest.mark.parametrize("variant", ["baseline", pytest.param("e2e", marks=pytest.mark.slow)])
+def test_train_step_trains_resnet_and_batchnorm_and_slowfast_only_end_to_end(variant):
+    """One real train step on tiny views. Baseline: SlowFast frozen (params and BatchNorm statistics unchanged,
+    as the official offline features are), the ResNet and head trained, the ResNet's running statistics moved;
+    e2e: SlowFast trains too."""
+    cfg = base_config("simplevqa")
+    cfg.optim.freeze = (SLOWFAST,) if variant == "baseline" else ()
+    graph, _, params, stats = state.build_model(cfg)
+    tx = optim.make_optimizer({"lr": 1e-3, "schedule": "constant", "freeze": cfg.optim.freeze}, params)
+    frozen = state.frozen_mask(cfg, params)
+    step = jax.jit(
+        steps.make_train_step(graph, tx, branches=("spatial", "motion"), loss_weights={"plcc": 1.0}, frozen=frozen)
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "spatial": rng.integers(0, 256, (4, 1, 2, 64, 64, 3), dtype=np.uint8),  # layer4: 2×2, so a std
+        "motion": rng.integers(0, 256, (4, 1, 2 * 32, 32, 32, 3), dtype=np.uint8),
+        "mos": np.asarray([1.0, 2.0, 3.5, 4.0], np.float32),
+        "source_id": np.arange(4, dtype=np.int32),
+    }
+    before = {"params": _flat(params), "stats": _flat(stats)}
+    new, aux = step(state.init_state(params, stats, tx, ema=False), batch)
+    assert np.isfinite(float(aux["loss"]))
+    after = {"params": _flat(new["params"]), "stats": _flat(new["stats"])}
+
+    def changed(kind: str, prefix: str) -> bool:
+        return any(not np.array_equal(after[kind][k], v) for k, v in before[kind].items() if k.startswith(prefix))
+
+    assert changed("params", "vqa/simpleVQA_head/") and changed("params", "vqa/simpleVQA_backbone/layer4/")
+    assert changed("stats", "vqa/simpleVQA_backbone/")
+    assert changed("params", "slowfast/") == changed("stats", "slowfast/") == (variant == "e2e")
