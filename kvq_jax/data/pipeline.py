@@ -293,7 +293,7 @@ def eval_iterator(
         raise ValueError("empty data source")
     start, stop, length = eval_plan(n, global_batch_size, index, count)
     ds = grain.MapDataset.source(_PaddedShard(data_source, start, stop, length))
-    shapes = {k: (v.num_clips * tta, *v.shape[1:]) for k, v in spec.items()}
+    shapes = {k: (v.clips * tta, *v.shape[1:]) for k, v in spec.items()}
     ds = ds.map(_EvalViews(spec, shapes, tta, seed))
     return _finish(ds, num_workers, read_threads, local, drop_remainder=False)
 
