@@ -368,13 +368,13 @@ def bench_views(model_name: str, branches: Sequence[str], batch: int, frames: in
     spread over 0–255. ``frames`` sets the longest view's T; the others keep their share (COVER: half as many
     semantic frames, as its gates need)."""
     spec = get_spec(model_name)
-    longest = max(b.view.frames_per_clip for b in spec.branches)
+    longest = max(b.view.shape[1] for b in spec.branches)
     views = {}
     for j, branch in enumerate(spec.branches):
         if branch.name not in branches:
             continue
         view = branch.view
-        t = view.frames_per_clip if frames is None else max(1, frames * view.frames_per_clip // longest)
+        t = view.shape[1] if frames is None else max(1, frames * view.shape[1] // longest)
         shape = (batch, 1, t, *view.out_hw, 3)
         u = unit_uniform([seed, j], shape) / np.sqrt(3)  # [-1, 1)
         views[branch.name] = np.floor((u + 1) * 128).clip(0, 255).astype(np.uint8)

@@ -125,9 +125,15 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.normpath(Path(path).absolute()))
 
 
-def _parse_value(field: str, text: str) -> int | None:
-    if field == "t_frag" and text.lower() == "none":
+def _parse_value(field: str, text: str) -> int | bool | str | None:
+    if field in ("t_frag", "frames_of") and text.lower() == "none":
         return None
+    if field == "stack_clips":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{field}={text!r}: expected true or false")
+        return text.lower() in ("true", "1")
+    if field == "frames_of":
+        return text
     try:
         return int(text)
     except ValueError:
@@ -139,15 +145,17 @@ def resolve_views(
 ) -> dict[str, ViewSpec]:
     """The model's views with ``--clips`` and ``--view`` overrides applied.
 
-    ``clips`` sets ``num_clips`` of the fragment views (DOVER's technical, FAST-VQA's fragments); an
+    ``clips`` sets ``num_clips`` of the fragment views (DOVER's technical, FAST-VQA's fragments) and of the views
+    that take their frames (KSVQE's resized view); an
     override is ``FIELD=VALUE`` (every branch) or ``BRANCH.FIELD=VALUE``, FIELD a ViewSpec field. All the
     changes of a branch are applied at once, so e.g. ``clip_len=8`` and ``aesthetic.t_frag=8`` may be given
     together although each alone would be inconsistent.
     """
-    changes: dict[str, dict[str, int | None]] = {b: {} for b in views}
+    changes: dict[str, dict[str, int | bool | str | None]] = {b: {} for b in views}
     if clips is not None:
         for branch, spec in views.items():
-            if spec.kind == "fragments":
+            source = views.get(spec.frames_of) if spec.frames_of else None
+            if spec.kind == "fragments" or (source is not None and source.kind == "fragments"):
                 changes[branch]["num_clips"] = clips
     fields = {f.name for f in dataclasses.fields(ViewSpec)} - {"kind"}
     for item in overrides:
@@ -191,7 +199,7 @@ class Scorer:
         self.spec: ModelSpec = model.spec
         self.views = {b: views[b] for b in model.spec.branch_names}
         self.samples = samples
-        self.shapes = {b: (v.num_clips * samples, *v.shape[1:]) for b, v in self.views.items()}
+        self.shapes = {b: (v.clips * samples, *v.shape[1:]) for b, v in self.views.items()}
         self.batch_size = batch_size
         self.compile_seconds: float | None = None
         graphdef, self._state = nnx.split(model)

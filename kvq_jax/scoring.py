@@ -56,16 +56,22 @@ def map_scores(
 
 
 def score_views(
-    model: nnx.Module, views: Mapping[str, jax.Array], *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """uint8 views (B, clips, T, H, W, 3) per branch → (per-video branch scores (B,), maps (B, clips, T', H', W')).
+    model: nnx.Module,
+    views: Mapping[str, jax.Array],
+    *,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+    features: bool = False,
+):
+    """uint8 views (B, clips, T, H, W, 3) per branch → (per-video branch scores (B,), maps (B, clips, T', H', W')),
+    and with ``features`` the model's features too (as `map_scores`).
 
     ``rngs`` (a ``dropout`` stream) only in train mode. Branches absent from ``views`` are not computed.
     """
     for b, v in views.items():
         if v.ndim != 6:
             raise ValueError(f"view {b!r} must be (batch, clips, T, H, W, 3), got shape {v.shape}")
-    return map_scores(model, normalize_views(model.spec, views, dtype), rngs)
+    return map_scores(model, normalize_views(model.spec, views, dtype), rngs, features=features)
 
 
 def pad_batch(views: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

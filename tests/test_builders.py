@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from kvq_jax.data import build, kvq_layout, synthetic
-from kvq_jax.data.tfds_kvq import KvqSynthetic, load_pairs, load_skipped
+from kvq_jax.data.tfds_kvq import KvqSynthetic, load_metadata, load_pairs, load_skipped
 
 TINY = {"sources": 6, "size": (96, 160), "frames": 16, "seed": 0, "workers": 1}
 
@@ -46,7 +46,9 @@ def _xlsx_pairs(path: Path) -> dict[str, list[tuple[str, str, int]]]:
 
 def test_round_trip(tiny_set: Path, tiny_tfds: Path) -> None:
     with (tiny_set / "metadata.csv").open() as f:
-        sources = {r["filename"]: int(r["source_id"]) for r in csv.DictReader(f)}
+        meta = list(csv.DictReader(f))
+    sources = {r["filename"]: int(r["source_id"]) for r in meta}
+    process = {r["filename"]: r["process"] for r in meta}
     for split in ("train", "val", "test"):
         ds = tfds.data_source("kvq_synthetic", split=split, data_dir=str(tiny_tfds))
         labels = _csv(tiny_set, split)
@@ -59,10 +61,12 @@ def test_round_trip(tiny_set: Path, tiny_tfds: Path) -> None:
             assert np.float32(r["mos"]) == np.float32(labels[name])
             assert r["source_id"] == sources[name]
             assert r["num_frames"] == 16
+            assert r["dis_label"] == synthetic.PROCESSES.index(process[name])  # the synthetic distortion class
             assert hashlib.sha256(r["video"]).digest() == hashlib.sha256((tiny_set / name).read_bytes()).digest()
         assert load_pairs(tiny_tfds, "kvq_synthetic", split) == _xlsx_pairs(tiny_set / f"rank-pair-{split}.xlsx")
     assert load_skipped(tiny_tfds, "kvq_synthetic") == []
-    assert json.loads((tiny_tfds / "kvq_synthetic" / "1.0.0" / "skipped.json").read_text()) == []
+    assert json.loads((tiny_tfds / "kvq_synthetic" / "1.1.0" / "skipped.json").read_text()) == []
+    assert load_metadata(tiny_tfds, "kvq_synthetic")["dis_labelled"] == {"train": True, "val": True, "test": True}
 
 
 def test_corrupt_videos_are_skipped_and_reported(tiny_set: Path, tmp_path: Path, capsys) -> None:
@@ -80,7 +84,9 @@ def test_corrupt_videos_are_skipped_and_reported(tiny_set: Path, tmp_path: Path,
     skipped = {s["name"]: s for s in load_skipped(data_dir, "kvq")}
     assert set(skipped) == {"val/0016.mp4", "test/0030.mp4"}
     assert all(s["reason"] and s["path"].endswith(s["name"]) for s in skipped.values())
-    assert json.loads((data_dir / "kvq" / "1.0.0" / "skipped.json").read_text()) == load_skipped(data_dir, "kvq")
+    assert json.loads((data_dir / "kvq" / "1.1.0" / "skipped.json").read_text()) == load_skipped(data_dir, "kvq")
+    assert load_metadata(data_dir, "kvq")["dis_labelled"] == {"train": False, "val": False, "test": False}
+    assert {int(r["dis_label"]) for r in tfds.data_source("kvq", split="train", data_dir=str(data_dir))} == {-1}
     counts = {s: len(tfds.data_source("kvq", split=s, data_dir=str(data_dir))) for s in ("train", "val", "test")}
     assert counts == {"train": 14, "val": 13, "test": 13}
     for split, bad in (("val", "val/0016.mp4"), ("test", "test/0030.mp4")):
@@ -119,13 +125,14 @@ def test_bad_label_rows_name_file_and_line(tmp_path: Path, bad_row: str, message
 
 
 def test_real_kvq_naming_and_formats(tmp_path: Path) -> None:
-    """KVQ numbering (7 consecutive per source), the repository's headerless 4-column list, truth.csv, pairs
-    written with bare basenames, and a source_id column that overrides the name."""
+    """KVQ numbering (7 consecutive per source), the repository's headerless 4-column list (its dis_label kept),
+    truth.csv, pairs written with bare basenames, and a source_id column that overrides the name."""
     for split, numbers in (("train", range(239, 246)), ("val", (8, 15))):
         (tmp_path / split).mkdir()
         for n in numbers:
             (tmp_path / split / f"{n:04d}.mp4").write_bytes(b"x")
-    (tmp_path / "train_data.csv").write_text("".join(f"train/{n:04d}.mp4,0,1,{n % 5}.5\n" for n in range(239, 246)))
+    rows = (f"train/{n:04d}.mp4,0,{n % 3}.0,{n % 5}.5\n" for n in range(239, 246))
+    (tmp_path / "train_data.csv").write_text("".join(rows))
     (tmp_path / "truth.csv").write_text("filename,score,source_id\nval/0008.mp4,2.5,77\nval/0015.mp4,4.0,78\n")
     wb = openpyxl.Workbook()
     wb.active.title = "source"
@@ -137,8 +144,10 @@ def test_real_kvq_naming_and_formats(tmp_path: Path) -> None:
     train = layout["train"]
     assert {v.source_id for v in train.videos} == {34}  # (239 - 1) // 7 == (245 - 1) // 7
     assert [v.mos for v in train.videos] == [float(f"{n % 5}.5") for n in range(239, 246)]
+    assert [v.dis_label for v in train.videos] == [n % 3 for n in range(239, 246)]
     val = layout["val"]
     assert val.csv_path.name == "truth.csv" and [v.source_id for v in val.videos] == [77, 78]
+    assert [v.dis_label for v in val.videos] == [-1, -1]  # no dis_label column: unknown
     assert val.pairs == {"source": [], "nonsource": [("val/0008.mp4", "val/0015.mp4", 2)]}
     assert kvq_layout.source_id_from_name("0001_3.mp4") == 1 and kvq_layout.source_id_from_name("a.mp4") is None
 
@@ -166,3 +175,13 @@ def test_synthetic_builder_generates_when_no_manual_dir(tmp_path: Path, monkeypa
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "none")))
     assert {s: i.num_examples for s, i in builder.info.splits.items()} == {"train": 14, "val": 14, "test": 14}
     assert (tmp_path / "downloads" / "kvq_synthetic" / synthetic.MARKER).is_file()
+
+
+def test_dis_label_column_by_title_and_bad_values(tmp_path: Path) -> None:
+    root = _layout_dir(tmp_path, [])
+    (root / "train_data.csv").write_text("filename,score,dis_label\ntrain/0001.mp4,4.5,3\ntrain/0002.mp4,3.0,0.0\n")
+    assert [v.dis_label for v in kvq_layout.read_layout(root)["train"].videos] == [3, 0]
+    for bad, message in (("x", "dis_label 'x' is not a number"), ("-2", "dis_label -2 is negative")):
+        (root / "train_data.csv").write_text(f"filename,score,dis_label\ntrain/0001.mp4,4.5,{bad}\n")
+        with pytest.raises(kvq_layout.LayoutError, match=message):
+            kvq_layout.read_layout(root)

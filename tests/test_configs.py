@@ -28,6 +28,8 @@ VARIANTS = [
     "fastvqa.py",
     "fastvqa.py:fastervqa",
     "fastvqa.py:fastvqa_m,quick",
+    "ksvqe.py",
+    "ksvqe.py:quick",
     "simplevqa.py",
     "simplevqa.py:e2e",
     "simplevqa.py:quick",

@@ -26,6 +26,7 @@ FAST = [
     "dover/dover_t8.json",
     "simplevqa/simplevqa_small.json",
     "zoomvqa/zoomvqa_small.json",
+    "ksvqe/ksvqe_small.json",
 ]
 SLOW = [
     "dover/mobile_t32.json",
@@ -33,6 +34,7 @@ SLOW = [
     "fastvqa/fastvqa_b_t32.json",
     "cover/cover_small.json",
     "zoomvqa/zoomvqa_full.json",
+    "ksvqe/ksvqe_full.json",
 ]
 
 

@@ -206,3 +206,19 @@ def test_resolve_views_copies_a_models_views_and_forces_clips() -> None:
     assert copied == SPEC and copied is not SPEC
     with pytest.raises(ValueError, match="no view branches"):
         pipeline.resolve_views({})
+
+
+def test_train_batches_carry_the_labels_a_model_asks_for(tiny_tfds: Path) -> None:
+    """KSVQE's contrastive loss needs dis_label: carried (int32) only when asked for, an error where it is absent."""
+    src = pipeline.load_split(tiny_tfds, "kvq_synthetic", "train")
+    (batch,) = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=0, labels=("dis_label",)), 1)
+    records = {src[i]["name"]: src[i] for i in range(len(src))}
+    assert batch["dis_label"].dtype == np.int32
+    assert batch["dis_label"].tolist() == [int(records[n]["dis_label"]) for n in batch["name"]]
+    assert len({int(r["dis_label"]) for r in records.values()}) > 1  # the synthetic set has several classes
+    (plain,) = _take(pipeline.train_iterator(src, SPEC, global_batch_size=4, seed=0), 1)
+    assert "dis_label" not in plain
+    with pytest.raises(ValueError, match="carry no 'cls_label'"):
+        pipeline.record_labels(src[0], ("cls_label",))
+    with pytest.raises(ValueError, match="no dis_label in its label file"):
+        pipeline.record_labels({**src[0], "dis_label": -1}, ("dis_label",))

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from videos import clip, encode_video
 
 from kvq_jax.convert import convert_state_dict, read_state_dicts
-from kvq_jax.data.views import ViewSpec, make_view, sample_frame_indices, second_clip_indices
+from kvq_jax.data.decode import decode_frames, open_video
+from kvq_jax.data.views import ViewSpec, make_view, sample_frame_indices, sample_views, second_clip_indices
 from kvq_jax.models import abstract_model, get_model, get_spec
 from kvq_jax.models.simplevqa import MOTION_VIEW, SPATIAL_VIEW, mean_std_pool
 from kvq_jax.parity import manifest_weights
@@ -98,6 +100,16 @@ def test_second_clips_follow_the_official_extractor():
     # The motion view holds the 8 clips back to back in one model clip.
     assert MOTION_VIEW.shape == (1, 256, 224, 224, 3)
     np.testing.assert_array_equal(sample_frame_indices(100, MOTION_VIEW, None, 29.97), idx.reshape(-1))
+
+
+def test_seconds_view_reads_the_videos_frame_rate(tmp_path):
+    """A 25-fps file of 60 frames (2 whole seconds): both decoders report 25, and clip 1 starts at frame 25."""
+    path = encode_video(tmp_path / "25fps.mp4", clip(60, 32, 48), rate=25)
+    assert open_video(path).fps == open_video(path, decoder="pyav").fps == 25.0
+    view = ViewSpec("seconds", clip_len=8, t_frag=2, size_h=16, size_w=16)
+    got = sample_views(path, {"motion": view}, None)["motion"]
+    frames = np.concatenate([np.arange(8), np.arange(25, 33)])
+    np.testing.assert_array_equal(got, make_view(decode_frames(path, frames), view, None))
 
 
 def test_spatial_view_samples_an_eighth_each_and_crops_448():

@@ -20,6 +20,7 @@ from kvq_jax.data.views import (
     make_view,
     resize_view,
     sample_frame_indices,
+    sample_view_indices,
     sample_views,
     short_side_size,
     spatial_fragments,
@@ -614,3 +615,41 @@ def test_several_samplings_stack_on_the_clip_axis(ramp_clip):
     assert not np.array_equal(frames[0], frames[1])  # two independent draws
     with pytest.raises(ValueError, match="an rng"):
         sample_views(ramp_clip, views, None, samples=2)
+
+
+def test_ksvqe_views_stack_test_clips_and_share_their_frames(ramp_clip):
+    """KSVQE: 3 clips of 32 fragment frames reach the model as one 96-frame clip at test (32 in training), and the
+    resized CLIP view holds exactly the fragment view's frames, seeded draws included."""
+    spec = get_spec("ksvqe")
+    assert spec.views["fragment"].shape == (1, 96, 288, 288, 3)
+    assert spec.views["resize_video"].shape == (1, 96, 112, 112, 3)
+    assert {b: v.shape for b, v in spec.train_views.items()} == {
+        "fragment": (1, 32, 288, 288, 3),
+        "resize_video": (1, 32, 112, 112, 3),
+    }
+    small = {
+        "fragment": dataclasses.replace(
+            spec.views["fragment"], clip_len=4, frame_interval=1, aligned=4, fragments_h=2, fragments_w=2
+        ),
+        "resize_video": dataclasses.replace(
+            spec.views["resize_video"], clip_len=4, frame_interval=1, size_h=16, size_w=24
+        ),
+    }
+    out = sample_views(ramp_clip, small, np.random.default_rng(5))
+    assert out["fragment"].shape == (1, 12, 64, 64, 3) and out["resize_video"].shape == (1, 12, 16, 24, 3)
+    frag, resized = (out[b].mean(axis=(0, 2, 3, 4)) for b in small)
+    np.testing.assert_allclose(frag, resized, atol=1.5)  # flat frames: the same frame has the same level
+    # drawing its own frames, the resized view would not hold the same ones
+    own = {**small, "resize_video": dataclasses.replace(small["resize_video"], frames_of=None)}
+    drawn = sample_view_indices(48, own, np.random.default_rng(5))
+    assert not np.array_equal(drawn["fragment"], drawn["resize_video"])
+    shared = sample_view_indices(48, small, np.random.default_rng(5))
+    np.testing.assert_array_equal(shared["fragment"], shared["resize_video"])
+    np.testing.assert_array_equal(shared["fragment"], drawn["fragment"])  # the source's draw is unchanged
+    with pytest.raises(ValueError, match="takes the frames of 'nope'"):
+        sample_view_indices(48, {"r": dataclasses.replace(small["resize_video"], frames_of="nope")}, None)
+    with pytest.raises(ValueError, match="expects 24"):
+        longer = dataclasses.replace(small["resize_video"], clip_len=8)
+        sample_view_indices(48, {"fragment": small["fragment"], "resize_video": longer}, None)
+    with pytest.raises(ValueError, match="stack_clips must be a bool"):
+        ViewSpec("resize", stack_clips=1)

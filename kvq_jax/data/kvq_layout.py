@@ -15,8 +15,9 @@ writes the same)::
 The file formats themselves (CSV rows, score cells, the pair workbook) are parsed by
 :mod:`kvq_jax.data.kvq_files`, which the challenge scorer shares; this module adds the folder conventions.
 
-Label files may also be the KVQ repository's headerless ``filename,cls_label,dis_label,score`` lists. A
-filename is resolved against ROOT first, then against ``ROOT/<split>/``. Optional columns: ``source_id``
+Label files may also be the KVQ repository's headerless ``filename,cls_label,dis_label,score`` lists, whose
+``dis_label`` (the distortion class, KSVQE's contrastive labels) is kept; a header may name a ``dis_label`` column
+too. A filename is resolved against ROOT first, then against ``ROOT/<split>/``. Optional columns: ``source_id``
 (overrides the id derived from the name). A CSV without a score column makes the split *unlabelled*
 (challenge test phase): MOS becomes NaN. Everything else that is wrong with a row is a
 :class:`LayoutError` naming the file and line: a missing video, an empty, non-numeric or NaN score, a
@@ -56,6 +57,7 @@ class VideoEntry:
     line: int  # 1-based line in ``csv_path``
     csv_path: Path
     extra: tuple[float, ...] = ()  # further numeric labels of a labelled folder (kvq_jax.data.labels)
+    dis_label: int = -1  # distortion class of the KVQ repository's lists (KSVQE's contrastive loss); -1 unknown
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
         name_col = 0
         score_col = header.index("score") if "score" in header else None
         sid_col = header.index("source_id") if "source_id" in header else None
+        dis_col = header.index("dis_label") if "dis_label" in header else None
     else:  # headerless: "filename,score" or the KVQ repository's "filename,cls_label,dis_label,score"
         width = len(rows[0][1])
         if width not in (2, 4):
@@ -124,6 +127,7 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
                 "or headerless 'filename,score' / 'filename,cls_label,dis_label,score' rows"
             )
         name_col, score_col, sid_col = 0, width - 1, None
+        dis_col = 2 if width == 4 else None
     entries: list[VideoEntry] = []
     seen: dict[str, int] = {}
     for line, cells in rows:
@@ -131,7 +135,7 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
         name = cells[name_col] if cells else ""
         if not name:
             raise LayoutError(f"{where}: empty filename")
-        need = max(c for c in (name_col, score_col, sid_col) if c is not None)
+        need = max(c for c in (name_col, score_col, sid_col, dis_col) if c is not None)
         if len(cells) <= need:
             raise LayoutError(f"{where}: expected at least {need + 1} columns, got {len(cells)}: {cells}")
         if name in seen:
@@ -144,11 +148,19 @@ def read_labels(csv_path: Path, root: Path, split: str) -> tuple[list[VideoEntry
                 sid = int(cells[sid_col])
             except ValueError:
                 raise LayoutError(f"{where}: source_id {cells[sid_col]!r} is not an integer") from None
+        dis = -1
+        if dis_col is not None:
+            try:
+                dis = int(float(cells[dis_col]))  # the official reader: int(float(dis_label))
+            except ValueError:
+                raise LayoutError(f"{where}: dis_label {cells[dis_col]!r} is not a number") from None
+            if dis < 0:
+                raise LayoutError(f"{where}: dis_label {dis} is negative")
         tried = [root / name, root / split / name]
         path = next((p for p in tried if p.is_file()), None)
         if path is None:
             raise LayoutError(f"{where}: video {name!r} not found (looked for {', '.join(map(str, tried))})")
-        entries.append(VideoEntry(name, path, mos, -1 if sid is None else sid, line, csv_path))
+        entries.append(VideoEntry(name, path, mos, -1 if sid is None else sid, line, csv_path, dis_label=dis))
     if not entries:
         raise LayoutError(f"{csv_path}: no videos listed")
     return entries, score_col is not None

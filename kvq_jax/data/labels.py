@@ -34,7 +34,8 @@ class FolderSpec:
     ``split`` column or ``fractions`` divides. ``fractions`` is (train, test) or (train, val, test), drawn with
     ``seed`` over sources (``source_id`` column; without one every video is its own source). ``suffix`` is added to
     names that lack it (KoNViD's ``flickr_id``), ``videos`` is the sub-folder the names are relative to, and
-    ``extra`` names further numeric labels kept with each record (e.g. KVQ's ``dis_label``).
+    ``extra`` names further numeric labels kept with each record; a column titled ``dis_label`` also becomes the
+    records' ``dis_label`` (KSVQE's contrastive labels).
     """
 
     labels: tuple[tuple[str, str], ...]
@@ -190,9 +191,14 @@ def read_folder(root: str | Path, spec: FolderSpec) -> dict[str, SplitLayout]:
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise LayoutError(f"{root}: video {dup!r} is listed by more than one label file")
+    dis = next((i for i, c in enumerate(spec.extra) if isinstance(c, str) and c.lower() == "dis_label"), None)
     layouts: dict[str, SplitLayout] = {}
     for split in dict.fromkeys(s for _, s, _ in rows):
-        videos = [dataclasses.replace(e, extra=x) for e, s, x in rows if s == split]
+        videos = [
+            dataclasses.replace(e, extra=x, dis_label=-1 if dis is None else int(x[dis]))
+            for e, s, x in rows
+            if s == split
+        ]
         layouts[split] = SplitLayout(split, videos[0].csv_path, True, videos)
     return layouts
 

@@ -23,6 +23,8 @@ Batches are dicts of numpy arrays (local to this process):
 
 * one uint8 ``[B, clips, T, H, W, 3]`` per view branch (e.g. ``technical``, ``aesthetic``);
 * ``mos`` float32 ``[B]``, ``source_id`` int32 ``[B]``, ``valid`` bool ``[B]``;
+* in train, the record labels a model's auxiliary loss asks for (``labels``, e.g. KSVQE's ``dis_label``), int32
+  ``[B]``: a dataset whose records lack one, or a video whose label is unknown (−1), is an error naming it;
 * host-only (never sent to devices, see :data:`HOST_FIELDS`): ``name`` object array of ``bytes``,
   and in eval ``error`` (object array of ``str``, empty unless decoding failed).
 
@@ -90,20 +92,39 @@ def _example(record: Mapping[str, Any], arrays: Mapping[str, np.ndarray], valid:
     return out
 
 
+def record_labels(record: Mapping[str, Any], labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """The integer labels ``labels`` of one record (int32 scalars), checked: present and known (≥ 0)."""
+    out = {}
+    for label in labels:
+        if label not in record:
+            raise ValueError(
+                f"the training records carry no {label!r}, which the model's auxiliary loss needs: build the dataset "
+                f"from label files that have it (KVQ: the repository's filename,cls_label,dis_label,score lists), "
+                f"or set its loss.aux_weights to 0"
+            )
+        value = int(record[label])
+        if value < 0:
+            raise ValueError(f"{_name(record).decode(errors='replace')}: no {label} in its label file (-1)")
+        out[label] = np.int32(value)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainViews(grain.transforms.RandomMap):
     """Decode one record's random views with grain's per-record generator; None (skipped) if it fails."""
 
     views: Mapping[str, views_lib.ViewSpec]
+    labels: tuple[str, ...] = ()
 
     def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
         name = _name(record).decode(errors="replace")
+        labels = record_labels(record, self.labels)
         try:
             arrays = views_lib.sample_views(record["video"], self.views, rng, name=name)
         except decode.VideoDecodeError as e:
             logging.warning("train: skipping a video that does not decode: %s", e)
             return None
-        return _example(record, arrays, True)
+        return _example(record, arrays, True) | labels
 
 
 class _Blocks:
@@ -227,6 +248,7 @@ def train_iterator(
     mesh: Any = None,
     read_threads: int = 2,
     start_batch: int = 0,
+    labels: Sequence[str] = (),
 ) -> grain.DatasetIterator:
     """Endless (or ``num_epochs``) shuffled training batches of this process's shard, as local numpy dicts.
 
@@ -234,6 +256,7 @@ def train_iterator(
     module docstring); the local batch is ``global_batch_size // shard_count``. ``views`` is branch -> ViewSpec
     (a model's training form: one clip per branch, see ``ModelSpec.train_views``). ``start_batch`` skips that many
     global batches (resuming where the iterator's own checkpoint does not fit, e.g. on another host count).
+    ``labels``: record labels to carry into the batches (a model's auxiliary loss needs them).
     ``mesh`` only checks divisibility; pass each batch to :func:`to_global`.
     """
     index, count = _process(shard_index, shard_count)
@@ -241,7 +264,7 @@ def train_iterator(
     if len(data_source) == 0:
         raise ValueError("empty data source")
     stream = grain.MapDataset.source(data_source).seed(seed).shuffle().repeat(num_epochs)
-    stream = stream.random_map(_TrainViews(resolve_views(views)))
+    stream = stream.random_map(_TrainViews(resolve_views(views), tuple(labels)))
     ds = grain.MapDataset.source(_Blocks(stream, index, count, local))[start_batch * local :]
     return _finish(ds, num_workers, read_threads, local, drop_remainder=True)
 

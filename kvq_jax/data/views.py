@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kvq_jax.data.decode import VideoSource
 
 _KINDS = ("fragments", "resize", "seconds")
+_NON_INT_FIELDS = ("kind", "stack_clips", "frames_of")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,12 @@ class ViewSpec:
     ``t_frag`` each of the ``num_clips`` clips is ``t_frag`` segments of ``clip_len // t_frag`` frames.
     ``short_side`` (fragments, or resize with a crop) resizes the frames to that short side first, keeping the
     aspect ratio; a resize view then crops without squashing (``size_h``, ``size_w`` unused).
+
+    Two fields join views or clips. ``stack_clips`` hands the model the ``num_clips`` clips as one clip of all their
+    frames (KSVQE's val/test views: the official dataset samples 3 clips of 32 frames and nothing splits them, so
+    96 frames go through at once). ``frames_of`` names another branch whose sampled frames this view takes instead
+    of drawing its own (KSVQE's CLIP view resizes the very frames of its fragment view); the two must give the
+    same number of frames.
     """
 
     kind: str
@@ -79,14 +86,22 @@ class ViewSpec:
     crop_h: int | None = None
     crop_w: int | None = None
     short_side: int | None = None
+    stack_clips: bool = False
+    frames_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"ViewSpec.kind must be one of {_KINDS}, got {self.kind!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name != "kind" and value is not None and (not isinstance(value, int) or value < 1):
+            if field.name in _NON_INT_FIELDS:
+                continue
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
+        if not isinstance(self.stack_clips, bool):
+            raise ValueError(f"ViewSpec.stack_clips must be a bool, got {self.stack_clips!r}")
+        if self.frames_of is not None and (not isinstance(self.frames_of, str) or self.kind == "seconds"):
+            raise ValueError(f"ViewSpec.frames_of names a branch (not on a seconds view), got {self.frames_of!r}")
         if (self.crop_h is None) != (self.crop_w is None) or (self.crop_h is not None and self.kind != "resize"):
             raise ValueError(f"ViewSpec: crop_h and crop_w go together, on a resize view; got {self}")
         if self.short_side is not None:
@@ -132,9 +147,14 @@ class ViewSpec:
         return self.size_h, self.size_w
 
     @property
+    def clips(self) -> int:
+        """Clips the model sees per video: ``num_clips``, or 1 when they are stacked."""
+        return 1 if self.stack_clips else self.num_clips
+
+    @property
     def shape(self) -> tuple[int, int, int, int, int]:
-        """The uint8 array of one video's view: ``(num_clips, T, H, W, 3)``."""
-        return (self.num_clips, self.frames_per_clip, *self.out_hw, 3)
+        """The uint8 array of one video's view: ``(clips, T, H, W, 3)`` (T: all frames when clips are stacked)."""
+        return (self.clips, self.total_frames // self.clips, *self.out_hw, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,10 +460,12 @@ def _frame_order(video: np.ndarray, order: np.ndarray | None) -> np.ndarray:
 def make_view(
     video: np.ndarray, spec: ViewSpec, rng: np.random.Generator | None, *, order: np.ndarray | None = None
 ) -> np.ndarray:
-    """Build one view from its sampled frames [spec.total_frames, H, W, C]: ``[num_clips, T, h, w, C]`` uint8.
+    """Build one view from its sampled frames [spec.total_frames, H, W, C]: ``spec.shape`` (``[clips, T, h, w, C]``)
+    uint8.
 
     The spatial transform runs over all ``num_clips * T`` frames at once (as the official code does, so
-    ``aligned`` chunks are counted over the whole view), then frames are split into consecutive clips.
+    ``aligned`` chunks are counted over the whole view), then frames are split into consecutive clips (unless
+    ``stack_clips``).
     With ``order`` the sampled frames are ``video[order]`` (decoded frames shared by several views).
     """
     count = video.shape[0] if order is None else len(order)
@@ -457,14 +479,33 @@ def make_view(
         view = video if spec.short_side is not None else resize_view(video, spec, order=order)
         if spec.crop_h is not None:
             view = crop_view(view, spec, rng)
-    return view.reshape(spec.num_clips, spec.frames_per_clip, *view.shape[1:])
+    return view.reshape(spec.clips, -1, *view.shape[1:])
 
 
 def sample_view_indices(
     num_frames: int, views: Mapping[str, ViewSpec], rng: np.random.Generator | None, fps: float = 0.0
 ) -> dict[str, np.ndarray]:
-    """Frame indices of every view (branch -> int64 array), drawn in the mapping's order (``fps``: seconds views)."""
-    return {branch: sample_frame_indices(num_frames, spec, rng, fps) for branch, spec in views.items()}
+    """Frame indices of every view (branch -> int64 array), drawn in the mapping's order (``fps``: seconds views);
+    a view with ``frames_of`` takes the indices of the branch it names and draws nothing."""
+    drawn = {b: sample_frame_indices(num_frames, s, rng, fps) for b, s in views.items() if s.frames_of is None}
+    out = {}
+    for branch, spec in views.items():
+        if spec.frames_of is None:
+            out[branch] = drawn[branch]
+            continue
+        if spec.frames_of not in drawn:
+            raise ValueError(
+                f"view {branch!r} takes the frames of {spec.frames_of!r}, which is not among the views drawing "
+                f"their own frames ({sorted(drawn)})"
+            )
+        source = drawn[spec.frames_of]
+        if source.size != spec.total_frames:
+            raise ValueError(
+                f"view {branch!r} takes the {source.size} frames of {spec.frames_of!r} but expects "
+                f"{spec.total_frames}: give the two views the same clip_len and num_clips"
+            )
+        out[branch] = source
+    return out
 
 
 def sample_views(
@@ -476,12 +517,12 @@ def sample_views(
     samples: int = 1,
     num_threads: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Decode ``source`` once and build every view: branch -> uint8 ``[num_clips, T, H, W, 3]``.
+    """Decode ``source`` once and build every view: branch -> uint8 ``[clips, T, H, W, 3]`` (``ViewSpec.shape``).
 
     All temporal draws come first (in the order of ``views``), then the spatial draws; the union of the frame
     indices of all views is decoded in one sorted pass. ``samples`` > 1 draws that many independent samplings
     (test-time augmentation; needs ``rng``, as centred views would all be alike), stacked on the clip axis:
-    ``[samples · num_clips, T, H, W, 3]``, so a scorer that averages over clips averages over samplings too.
+    ``[samples · clips, T, H, W, 3]``, so a scorer that averages over clips averages over samplings too.
     Raises :class:`~kvq_jax.data.decode.VideoDecodeError` for unreadable videos.
     """
     if not views:

@@ -3,7 +3,7 @@ family, each registering its models on import. Importing this package loads ever
 listed in ``$KVQ_JAX_FAMILIES``; other code asks the registry and never names a model.
 """
 
-from kvq_jax.models import cover, dover, fastvqa, simplevqa, zoomvqa  # noqa: F401  (the built-in families register themselves)
+from kvq_jax.models import cover, dover, fastvqa, ksvqe, simplevqa, zoomvqa  # noqa: F401  (the built-in families register themselves)
 from kvq_jax.models.registry import (
     Branch,
     ModelSpec,

@@ -31,7 +31,7 @@ from kvq_jax.models.head import VQAHead
 from kvq_jax.models.multibranch import build_backbone
 from kvq_jax.models.registry import Branch, ModelSpec, OfficialCode, OfficialWeights, StateDict, register
 from kvq_jax.models.swin3d import SwinConfig
-from kvq_jax.models.vit import VisionTransformer, ViTConfig, encode_in_steps
+from kvq_jax.models.vit import VisionTransformer, ViTConfig, encode_in_steps, is_clip_text_key
 from kvq_jax.scoring import map_scores
 
 # OPENAI_CLIP_MEAN / _STD of COVER's constants.py, on the 0–255 scale (evaluate_one_video.py's mean_clip/std_clip).
@@ -156,16 +156,6 @@ class COVER(nnx.Module):
 
 # The CLIP-IQA+ prompt learner of COVER.pth: never run (COVER sets the text feature to 0), accepted and dropped.
 DEAD_KEYS = tuple(f"semantic_backbone.prompt_learner.{k}" for k in ("ctx", "token_prefix", "token_suffix"))
-# What ViT-L-14.pt holds besides `visual.*`: the text tower and the scalars OpenAI's build_model deletes.
-_CLIP_TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
-_CLIP_TEXT_KEYS = (
-    "positional_embedding",
-    "text_projection",
-    "logit_scale",
-    "input_resolution",
-    "context_length",
-    "vocab_size",
-)
 
 
 def checkpoint_filter(state_dict: StateDict) -> StateDict:
@@ -177,7 +167,7 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     """
     out: StateDict = {}
     for key, value in state_dict.items():
-        if key in DEAD_KEYS or key in _CLIP_TEXT_KEYS or key.startswith(_CLIP_TEXT_PREFIXES):
+        if key in DEAD_KEYS or is_clip_text_key(key):
             continue
         name = f"clip.{key}" if key.startswith("visual.") else key
         if name == "clip.visual.positional_embedding":

@@ -12,7 +12,8 @@ own initialisers never run), and these rules, by variable kind and leaf name, fo
   `VisionTransformer` draws them (the width is the embeddings' last axis and the projection's first);
 * LayerNorm / BatchNorm scales: 1; ConvNeXt layer scale γ: 1e-6;
 * biases, GRN γ/β and the fragment bias tables (FPB; FAST-VQA's own training leaves them at zero): 0;
-* BatchNorm statistics: running mean 0, running variance 1 (PyTorch's reset values).
+* BatchNorm statistics: running mean 0, running variance 1 (PyTorch's reset values);
+* KSVQE's modulation mixing weights ``a1`` / ``a2``: 1 and 2, the values of its training yml.
 
 Each leaf draws from its own stream, seeded by (seed, path), so adding a module never changes another's values.
 """
@@ -26,6 +27,7 @@ from flax import nnx
 
 _NORMAL_LEAVES = ("kernel", "relative_position_bias_table", "in_proj_weight")
 _CLIP_SCALED = {"class_embedding": -1, "positional_embedding": -1, "proj": 0}  # leaf → axis holding the width
+_CONSTANT_LEAVES = {"a1": 1.0, "a2": 2.0}  # KSVQE (Kwai_KSVQE.yml)
 
 
 def _init_value(path: tuple, var: nnx.Variable, rng: np.random.Generator) -> np.ndarray:
@@ -34,6 +36,8 @@ def _init_value(path: tuple, var: nnx.Variable, rng: np.random.Generator) -> np.
     parent = str(path[-2]) if len(path) > 1 else ""
     if isinstance(var, nnx.BatchStat):
         return np.ones(shape, np.float32) if leaf == "var" else np.zeros(shape, np.float32)
+    if leaf in _CONSTANT_LEAVES:
+        return np.full(shape, _CONSTANT_LEAVES[leaf], np.float32)
     if leaf in _NORMAL_LEAVES:
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
     if leaf in _CLIP_SCALED:

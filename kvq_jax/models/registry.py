@@ -50,10 +50,11 @@ class OfficialWeights:
     url: str
     sha256: str | None = None
     also: tuple[OfficialWeights, ...] = ()
+    filename: str | None = None  # the file's name, where the URL does not end with it (Google Drive, Box links)
 
     @property
     def file(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.filename or self.url.rsplit("/", 1)[-1]
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -83,6 +84,22 @@ class OfficialCode:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuxLoss:
+    """A training term a family adds to the score losses (KSVQE: a contrastive loss over its distortion tokens).
+
+    ``fn(features, labels) -> scalar``: ``features`` is what the model returns beside its score maps when called
+    with ``return_features=True``, ``labels`` the batch fields named in ``labels`` (record labels such as
+    ``dis_label``, which the training pipeline then carries). ``weight`` is its weight in the total loss unless
+    a config's ``loss.aux_weights[name]`` says otherwise.
+    """
+
+    name: str
+    fn: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+    labels: tuple[str, ...] = ()
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Everything that defines a registered model. Frozen and hashable: models keep it as static graph data.
 
@@ -94,6 +111,8 @@ class ModelSpec:
     a parity case's inputs (normalised, in the fixture's layout) and its config, the arrays the official code's
     fixture holds. ``pretrained`` lists the files of the pretrained backbone weights a fresh model starts from,
     where they are installed (ImageNet / Kinetics weights; see `kvq_jax.weights.load_pretrained`), [] if none is.
+    ``aux_losses`` are training terms of the family's own (see `AuxLoss`); its model must then accept
+    ``return_features=True``.
     """
 
     name: str
@@ -108,6 +127,7 @@ class ModelSpec:
     checkpoint_filter: Callable[[StateDict], StateDict] | None = None
     parity: Callable[[nnx.Module, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
     pretrained: Callable[[], list[str]] | None = None
+    aux_losses: tuple[AuxLoss, ...] = ()
 
     @property
     def branch_names(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kvq_jax.models.common import Dtype, dense, layer_norm
@@ -49,6 +50,62 @@ class ViTConfig:
 def quick_gelu(x: jax.Array) -> jax.Array:
     """CLIP's activation: ``x · sigmoid(1.702 x)``."""
     return x * jax.nn.sigmoid(1.702 * x)
+
+
+# What an OpenAI CLIP checkpoint holds besides its image tower (`visual.*`): the text tower and the scalars that
+# OpenAI's build_model deletes. Families that convert a CLIP file drop these by name.
+CLIP_TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
+CLIP_TEXT_KEYS = ("positional_embedding", "text_projection", "logit_scale", "input_resolution", "context_length",
+                  "vocab_size")  # fmt: skip
+
+
+def is_clip_text_key(key: str) -> bool:
+    """True for the keys of a CLIP checkpoint that belong to its text side."""
+    return key in CLIP_TEXT_KEYS or key.startswith(CLIP_TEXT_PREFIXES)
+
+
+def _cubic_weights(t: np.float32, a: float) -> np.ndarray:
+    """PyTorch's `get_cubic_upsample_coefficients` (Keys' kernel with ``a``) for the four taps around ``t``."""
+    a = np.float32(a)
+    one = np.float32(1)
+
+    def near(x: np.float32) -> np.float32:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + one
+
+    def far(x: np.float32) -> np.float32:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.array([far(t + one), near(t), near(one - t), far(one - t + one)], np.float32)
+
+
+def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+    """(out_size, in_size) float32 weights of PyTorch's bicubic ``F.interpolate(size=…, align_corners=False)``
+    along one axis, without antialiasing: source ``(dst + 0.5)·in/out − 0.5`` (not clamped, as for cubic), taps
+    ``floor(src) − 1 … + 2`` clamped to the edge, Keys' kernel with a = −0.75. (`jax.image.resize` uses another
+    cubic and antialiases when shrinking, so it does not give PyTorch's numbers.)"""
+    scale = np.float32(in_size) / np.float32(out_size)
+    out = np.zeros((out_size, in_size), np.float32)
+    for dst in range(out_size):
+        src = scale * (np.float32(dst) + np.float32(0.5)) - np.float32(0.5)
+        base = int(np.floor(src))
+        for k, w in enumerate(_cubic_weights(np.float32(src - base), a)):
+            out[dst, min(max(base - 1 + k, 0), in_size - 1)] += w
+    return out
+
+
+def resize_positional_table(table: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """A (1 + S², width) CLIP positional table resized to ``grid`` = (h, w) patches, (1 + h·w, width): the class
+    row kept, the S×S grid resized bicubically as PyTorch does it (KSVQE's ``resize_pos_embed2d``: bicubic,
+    ``align_corners=False``, no antialiasing)."""
+    side = round((table.shape[0] - 1) ** 0.5)
+    if side * side + 1 != table.shape[0]:
+        raise ValueError(f"positional table of {table.shape[0]} rows is not a class row plus a square grid")
+    if tuple(grid) == (side, side):
+        return table
+    rows, cols = (jnp.asarray(bicubic_matrix(side, g)) for g in grid)
+    square = table[1:].reshape(side, side, -1).astype(jnp.float32)
+    resized = jnp.einsum("ah,hwc,bw->abc", rows, square, cols, precision=jax.lax.Precision.HIGHEST)
+    return jnp.concatenate([table[:1], resized.reshape(grid[0] * grid[1], -1).astype(table.dtype)])
 
 
 class MultiheadAttention(nnx.Module):
@@ -143,21 +200,30 @@ class VisionTransformer(nnx.Module):
         self.ln_post = layer_norm(cfg.width, _LN_EPS, dtype, rngs)
         self.proj = nnx.Param(jnp.zeros((cfg.width, cfg.output_dim), jnp.float32))
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def embed(self, images: jax.Array, table: jax.Array | None = None) -> jax.Array:
+        """(N, H, W, 3) → the tokens entering the first block, (N, 1 + patches, width): the class token, then the
+        patch grid row by row, plus a positional table (``table``, else the tower's own, if it has one), ln_pre.
+
+        Families that read the tokens between blocks (KSVQE's CLS adapters) run the blocks themselves from here.
+        """
         n = images.shape[0]
         x = self.conv1(images.astype(self.dtype))  # (N, gh, gw, width)
         x = x.reshape(n, -1, self.cfg.width)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (n, 1, self.cfg.width))
         x = jnp.concatenate([cls, x], axis=1)
-        if self.positional_embedding is not None:
+        if table is None and self.positional_embedding is not None:
             table = self.positional_embedding[...]
+        if table is not None:
             if table.shape[0] != x.shape[1]:
                 raise ValueError(
                     f"positional table of {table.shape[0]} rows for {x.shape[1]} tokens "
                     f"({images.shape[1]}×{images.shape[2]} images, patch {self.cfg.patch_size}): resize it first"
                 )
             x = x + table.astype(x.dtype)
-        x = self.transformer(self.ln_pre(x))
+        return self.ln_pre(x)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = self.transformer(self.embed(images))
         return self.ln_post(x[:, 0]) @ self.proj[...].astype(self.dtype)
 
 

@@ -17,6 +17,7 @@ from kvq_jax.data import pipeline
 from kvq_jax.data import views as views_lib
 from kvq_jax.eval import challenge
 from kvq_jax.models import get_spec
+from kvq_jax.models.registry import AuxLoss
 
 
 def model_branches(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -44,6 +45,23 @@ def view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.ViewSpec]:
         specs[branch] = dataclasses.replace(specs[branch], **dict(changes))
     branches = model_branches(cfg)
     return {b: v for b, v in specs.items() if b in branches}
+
+
+def aux_losses(cfg: ml_collections.ConfigDict) -> tuple[tuple[AuxLoss, float], ...]:
+    """The model's auxiliary training terms with their weights (``loss.aux_weights`` over the spec's own); a
+    weight of 0 leaves a term out."""
+    terms = get_spec(cfg.model).aux_losses
+    weights = dict(cfg.loss.get("aux_weights") or {})
+    unknown = set(weights) - {t.name for t in terms}
+    if unknown:
+        raise ValueError(f"loss.aux_weights names {sorted(unknown)}; {cfg.model} has {[t.name for t in terms]}")
+    chosen = ((t, float(weights.get(t.name, t.weight))) for t in terms)
+    return tuple((t, w) for t, w in chosen if w)
+
+
+def batch_labels(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The record labels the training batches must carry: those of the active auxiliary losses."""
+    return tuple(dict.fromkeys(label for term, _ in aux_losses(cfg) for label in term.labels))
 
 
 def train_view_specs(cfg: ml_collections.ConfigDict) -> dict[str, views_lib.ViewSpec]:

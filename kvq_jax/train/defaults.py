@@ -51,6 +51,9 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict({"plcc": 1.0, "rank": 0.3, "arank": 0.0})
     c.loss.arank_options = ml_collections.ConfigDict()
+    c.loss.aux_weights = ml_collections.ConfigDict()  # the model's own training terms: {name: weight} (0 = off)
+    # BatchNorm modules (regexes over their paths) that stay in train mode although their params are frozen
+    c.train_batch_norm = ()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.splits = ("val",)

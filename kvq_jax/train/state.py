@@ -8,6 +8,7 @@ the EMA uses the current statistics).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,15 +46,17 @@ def build_model(cfg: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.Graph
             else:
                 logging.warning("%s: no pretrained backbone weights installed; training from random ones", spec.name)
     model.train()
-    freeze_batch_norm(model, cfg.optim.freeze)
+    freeze_batch_norm(model, cfg.optim.freeze, tuple(cfg.get("train_batch_norm") or ()))
     train_graph = nnx.graphdef(model)
     model.eval()
     eval_graph, params, stats = split_model(model)
     return train_graph, eval_graph, params, stats
 
 
-def freeze_batch_norm(model: nnx.Module, freeze: Sequence[str]) -> None:
-    """Put back in eval mode every BatchNorm whose scale and bias `freeze` matches.
+def freeze_batch_norm(model: nnx.Module, freeze: Sequence[str], keep_training: Sequence[str] = ()) -> None:
+    """Put back in eval mode every BatchNorm whose scale and bias `freeze` matches, except those whose module path
+    (``a/b/bn1``) one of the regexes ``keep_training`` matches in full: they normalise with batch statistics and
+    update their running ones although their parameters are frozen (KSVQE's CONTRIQUE, as the official code runs it).
 
     A frozen backbone is a fixed feature extractor: in train mode its BatchNorm layers would normalise with the
     statistics of each small batch and overwrite the pretrained running statistics, so the features would differ
@@ -63,6 +66,8 @@ def freeze_batch_norm(model: nnx.Module, freeze: Sequence[str]) -> None:
     for path, module in nnx.iter_graph(model):
         if isinstance(module, nnx.BatchNorm):
             prefix = "/".join(map(str, path))
+            if any(re.fullmatch(p, prefix) for p in keep_training):
+                continue
             if all(optim.param_label(f"{prefix}/{leaf}", freeze=freeze) == optim.FROZEN for leaf in ("scale", "bias")):
                 module.use_running_average = True
 

@@ -1,7 +1,9 @@
 """The jitted steps: train (loss, grads, optax update, EMA, BatchNorm statistics) and eval (branch scores).
 
 Both score batches with `kvq_jax.scoring.score_views`, the function predict and export run too. They are
-built from explicit arguments, not a config, so the benchmark times exactly the trainer's step.
+built from explicit arguments, not a config, so the benchmark times exactly the trainer's step. A family's
+auxiliary losses (`kvq_jax.models.registry.AuxLoss`, e.g. KSVQE's contrastive term) read the model's features and
+the batch labels they name, and add to the score losses.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from kvq_jax.models.registry import AuxLoss
 from kvq_jax.scoring import score_views
 from kvq_jax.train import losses, optim
 
@@ -27,12 +30,16 @@ def make_train_step(
     branches: Sequence[str],
     loss_weights: Mapping[str, float],
     arank_options: Mapping[str, Any] | None = None,
+    aux_losses: Sequence[tuple[AuxLoss, float]] = (),
     frozen: PyTree | None = None,
     ema_decay: float | None = None,
     seed: int = 0,
     dtype: Any = jnp.float32,
 ):
     """``step(state, batch) -> (state, aux)``; jit it. ``graph`` is the model's train-mode graph.
+
+    ``aux_losses``: (term, weight) pairs added to the score losses; each reads the model's features and the batch
+    fields in its ``labels``, and is reported as ``aux/<name>``.
 
     Frozen params (a bool pytree like the params) enter the loss through stop_gradient, so no backward pass is
     built through a frozen backbone (head-only transfer costs a forward pass); the optimiser also zeroes their
@@ -50,10 +57,19 @@ def make_train_step(
                 params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
             model = nnx.merge(graph, params, stats, copy=True)  # fresh variables: BatchNorm updates them here
             views = {b: batch[b] for b in branches}
-            scores, _ = score_views(model, views, dtype=dtype, rngs=nnx.Rngs(dropout=key))
+            rngs = nnx.Rngs(dropout=key)
+            if aux_losses:
+                scores, _, feats = score_views(model, views, dtype=dtype, rngs=rngs, features=True)
+            else:
+                scores, _ = score_views(model, views, dtype=dtype, rngs=rngs)
             loss, aux = losses.vqa_loss(
                 scores, batch["mos"], weights=weights, group=batch["source_id"], arank_options=arank
             )
+            for term, weight in aux_losses:
+                value = term.fn(feats, {k: batch[k] for k in term.labels})
+                aux[f"aux/{term.name}"] = value
+                loss = loss + weight * value
+            aux["total"] = loss
             return loss, (aux, nnx.split(model, nnx.Param, ...)[2])
 
         (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

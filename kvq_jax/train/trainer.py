@@ -44,6 +44,7 @@ def train_step_for(cfg: ml_collections.ConfigDict, graph, tx, params):
         branches=data.model_branches(cfg),
         loss_weights=dict(cfg.loss.weights),
         arank_options=dict(cfg.loss.get("arank_options") or {}),
+        aux_losses=data.aux_losses(cfg),
         frozen=state.frozen_mask(cfg, params),
         ema_decay=cfg.get("ema_decay"),
         seed=cfg.seed,
@@ -96,6 +97,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | os.PathLik
                 num_workers=cfg.data.num_workers,
                 mesh=mesh,
                 start_batch=start_batch,
+                labels=data.batch_labels(cfg),
             )
 
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, train_state)

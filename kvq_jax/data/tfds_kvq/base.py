@@ -9,7 +9,10 @@ input pipeline shuffles). Features:
 * ``name``: the label file's name for the video ("train/0001.mp4"), the key of prediction/truth CSVs and
   rank pairs (``Text``: comes back as ``bytes``);
 * ``mos``: float32 (NaN in an unlabelled split); ``source_id``: int64 (-1 when unknown);
-* ``num_frames``: int64, as probed at build time.
+* ``num_frames``: int64, as probed at build time;
+* ``dis_label``: int64, the distortion class where the label file gives one (the KVQ repository's
+  ``filename,cls_label,dis_label,score`` lists; KSVQE's contrastive labels), -1 otherwise. New in 1.1.0: records
+  built before it lack the field, and read back as they are.
 
 The split is the TFDS split name. Every video is probed (frame count plus a first-frame decode) before it
 is written; a video that fails is left out *and reported*: in ``skipped.json`` next to the records, in the
@@ -51,9 +54,10 @@ def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
 class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
     """ArrayRecord records of a KVQ-style folder (see the module docstring); subclasses pick the folder."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "Encoded video bytes, name, MOS, source id, frame count; pairs in metadata."
+        "1.0.0": "Encoded video bytes, name, MOS, source id, frame count; pairs in metadata.",
+        "1.1.0": "dis_label (distortion class, -1 unknown); metadata says which splits have it.",
     }
 
     def __init__(self, *, file_format: str | None = "array_record", **kwargs: Any):
@@ -74,6 +78,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
             "mos": tfds.features.Scalar(np.float32, doc="mean opinion score, NaN if unlabelled"),
             "source_id": tfds.features.Scalar(np.int64, doc="source (homologous group), -1 unknown"),
             "num_frames": tfds.features.Scalar(np.int64, doc="frame count probed at build time"),
+            "dis_label": tfds.features.Scalar(np.int64, doc="distortion class (KSVQE's contrastive loss), -1 unknown"),
         }
 
     def _record(self, entry: kvq_layout.VideoEntry, num_frames: int) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
             "mos": np.float32(entry.mos),
             "source_id": entry.source_id,
             "num_frames": num_frames,
+            "dis_label": entry.dis_label,
         }
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -137,6 +143,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
                 "label_files": {s: str(lay.csv_path) for s, lay in layouts.items()},
                 "pair_files": {s: str(lay.pairs_path) for s, lay in layouts.items() if lay.pairs_path},
                 "labelled": {s: lay.labelled for s, lay in layouts.items()},
+                "dis_labelled": {s: all(v.dis_label >= 0 for v in lay.videos) for s, lay in layouts.items()},
                 "listed": {s: len(lay.videos) for s, lay in layouts.items()},
                 "pairs": pairs,
                 "dropped_pairs": dropped,
