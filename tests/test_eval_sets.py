@@ -35,6 +35,7 @@ def test_two_named_eval_sets_and_the_best_checkpoint_follows_the_chosen_one(tmp_
     assert (tmp_path / "run" / "results" / "other.json").is_file()
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     other = {row["step"]: row["other/srocc"] for row in logged if "other/srocc" in row}
+    assert [row["other/final"] for row in logged if "other/final" in row] == [None, None]  # undefined: null, not NaN
     assert sorted(other) == [3, 6]
     best = max(other, key=lambda s: (other[s], s))  # "other" has no pairs: srocc picks; a tie keeps the later
     kept = {int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()}

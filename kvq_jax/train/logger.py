@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,12 +22,17 @@ class MetricLogger:
             self.tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """A metric that is undefined for this run (NaN: e.g. the challenge score of a split without rank pairs) is
+        null in the JSON lines (strict JSON) and left out of TensorBoard (which would warn on every write)."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        values = {k: float(v) for k, v in scalars.items()}
+        self.jsonl.write(json.dumps({"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}))
+        self.jsonl.write("\n")
         self.jsonl.flush()
-        for k, v in scalars.items():
-            self.tb.add_scalar(k, float(v), step)
+        for k, v in values.items():
+            if math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.enabled:
