@@ -9,9 +9,14 @@ the views (fragments / resize).
 It encodes its own clip (PyAV libx264 ``veryfast``, QP 27, GOP 32, 10 s at 30 fps, 720x1280 portrait by
 default) with a textured camera pan and a bouncing sprite, so the numbers do not depend on any dataset.
 
+``--preextract`` compares, for the training form, the video's bytes (what a record holds) with its frames
+pre-extracted as JPEG (``kvq_jax.data.frames``, what ``--frames jpeg`` adds to a record): videos/s, the bytes
+per video, the extraction time, and how far the frames and the views are from those of the video decode.
+
 Usage::
 
     python -m kvq_jax.data.bench --out bench_data.json [--seconds 20] [--size 720x1280] [--frames 300]
+    python -m kvq_jax.data.bench --preextract --out data/bench/preextract_cpu.json
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from kvq_jax.data import decode
-from kvq_jax.data.decode import decode_frames, open_video
-from kvq_jax.data.views import ViewSpec, make_view, sample_view_indices
+from kvq_jax.data import decode, frames
+from kvq_jax.data.decode import VideoSource, decode_frames, open_video
+from kvq_jax.data.views import ViewSpec, make_view, sample_view_indices, sample_views
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -85,10 +90,11 @@ def render_clip(path: Path, width: int, height: int, frames: int, fps: int, seed
 
 
 def measure(
-    path: Path, views: Mapping[str, ViewSpec], seconds: float, seed: int, min_videos: int = 3
+    path: VideoSource, views: Mapping[str, ViewSpec], seconds: float, seed: int, min_videos: int = 3
 ) -> dict[str, float]:
-    """Run the sample_views pipeline on ``path`` for ``seconds`` (at least ``min_videos`` times), timing its
-    two halves: decode (open, sample indices, ``decode_frames`` on the union) and views (``make_view``)."""
+    """Run the sample_views pipeline on ``path`` (a video, or pre-extracted frames) for ``seconds`` (at least
+    ``min_videos`` times), timing its two halves: decode (open, sample indices, ``decode_frames`` on the union)
+    and views (``make_view``)."""
     rng = np.random.default_rng(seed)
     decode_s, view_s, cpu_s, decoded = [], [], [], []
     bar = tqdm(desc="videos", unit="video", leave=False)
@@ -125,7 +131,7 @@ def measure(
     }
 
 
-def measure_workers(path: Path, views: Mapping[str, ViewSpec], seconds: float, seed: int, workers: int) -> dict:
+def measure_workers(path: VideoSource, views: Mapping[str, ViewSpec], seconds: float, seed: int, workers: int) -> dict:
     """:func:`measure` in ``workers`` processes at once (seeds ``seed + i``): their summed rate is what a host's
     data loader sustains with that many workers; one worker is measured in this process."""
     if workers == 1:
@@ -139,6 +145,39 @@ def measure_workers(path: Path, views: Mapping[str, ViewSpec], seconds: float, s
         "videos_per_s": round(sum(p["videos_per_s"] for p in parts), 3),
         "cpu_ms_per_video_mean": round(float(np.mean([p["cpu_ms_per_video_mean"] for p in parts])), 1),
         "per_worker": parts,
+    }
+
+
+def preextract(clip: Path, views: Mapping[str, ViewSpec], args: argparse.Namespace) -> dict[str, object]:
+    """Training views from the clip's bytes vs from its frames pre-extracted at native resolution (JPEG)."""
+    video = clip.read_bytes()
+    options = frames.FrameOptions()
+    start = time.perf_counter()
+    extracted = frames.extract(video, options)
+    extract_s = time.perf_counter() - start
+    jpeg = decode.JpegFrames(extracted["frames"], float(extracted["fps"]))
+    every = np.arange(0, len(jpeg.frames), 10)
+    err = np.abs(decode_frames(jpeg, every).astype(np.int16) - decode_frames(video, every))
+    view_err = {}
+    for branch in views:
+        a = sample_views(video, views, np.random.default_rng(args.seed))[branch]
+        b = sample_views(jpeg, views, np.random.default_rng(args.seed))[branch]
+        view_err[branch] = round(float(np.abs(a.astype(np.int16) - b).mean()), 3)
+    frame_bytes = sum(len(f) for f in jpeg.frames)
+    results = {}
+    for name, source in (("video_bytes", video), ("jpeg_frames", jpeg)):
+        results[name] = measure_workers(source, views, args.seconds, args.seed, args.workers)
+        print(f"{name}: {results[name]}", flush=True)
+    return {
+        "frames": options.as_dict() | {"chroma": "4:4:4"},
+        "video_bytes": len(video),
+        "frames_bytes": frame_bytes,
+        "record_size_ratio": round((len(video) + frame_bytes) / len(video), 2),
+        "extract_s_per_video": round(extract_s, 2),
+        "frame_error_vs_decode": {"max": int(err.max()), "mean": round(float(err.mean()), 3), "frames": every.size},
+        "view_mean_abs_error_vs_decode": view_err,
+        "speedup": round(results["jpeg_frames"]["videos_per_s"] / results["video_bytes"]["videos_per_s"], 2),
+        "results": results,
     }
 
 
@@ -178,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes measuring at once (the host's aggregate rate)"
     )
+    parser.add_argument(
+        "--preextract", action="store_true", help="training views from video bytes vs pre-extracted JPEG frames"
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
@@ -191,9 +233,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         clip = Path(tmp) / "bench_clip.mp4"
         clip_info = render_clip(clip, width, height, args.frames, fps=30, seed=args.seed)
         results = {}
-        for name, views in configs.items():
-            results[name] = measure_workers(clip, views, args.seconds, args.seed, args.workers)
-            print(f"{name}: {results[name]}", flush=True)
+        if args.preextract:
+            configs = {f"{spec.name}_train": spec.train_views}
+            results[f"{spec.name}_train"] = preextract(clip, spec.train_views, args)
+        else:
+            for name, views in configs.items():
+                results[name] = measure_workers(clip, views, args.seconds, args.seed, args.workers)
+                print(f"{name}: {results[name]}", flush=True)
     report["settings"] = {
         "clip": {"width": width, "height": height, "frames": args.frames, "fps": 30, **clip_info},
         "encoder": "PyAV libx264 preset=veryfast qp=27 g=32 yuv420p",

@@ -11,6 +11,11 @@ the build with an error naming the file and line.
     python -m kvq_jax.data.build --dataset vqa_folder/konvid --manual_dir /data/KoNViD --data_dir data/tfds
     python -m kvq_jax.data.build --dataset vqa_folder/mine --manual_dir /data/mine --data_dir data/tfds \
         --labels labels.csv --name-column file --score-column mos --split 0.8
+    python -m kvq_jax.data.build --dataset kvq --manual_dir /data/KVQ --data_dir data/tfds_frames --frames jpeg
+
+``--frames jpeg`` also stores every frame, decoded once, as JPEG (``--frames_quality``, ``--frames_short_side``;
+what is kept and which views it serves: `kvq_jax.data.frames`). Records with and without frames are the same
+dataset version: build them into different ``--data_dir`` s (a mismatch with records already there is an error).
 """
 
 from __future__ import annotations
@@ -27,28 +32,33 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from kvq_jax.data import kvq_layout, labels
+from kvq_jax.data.frames import FORMATS, FrameOptions
 from kvq_jax.data.tfds_kvq import BUILDERS, FolderConfig, VqaFolder
 from kvq_jax.data.tfds_kvq.base import SKIPPED_FILE
 
 FOLDER = "vqa_folder"
 
 
-def make_builder(dataset: str, data_dir: str | os.PathLike, folder: Mapping | None = None) -> tfds.core.DatasetBuilder:
+def make_builder(
+    dataset: str, data_dir: str | os.PathLike, folder: Mapping | None = None, frames: FrameOptions | None = None
+) -> tfds.core.DatasetBuilder:
     """The builder of ``dataset``: ``kvq``, ``kvq_synthetic``, a standard dataset ``vqa_folder/<preset>``, or
-    ``vqa_folder/<your name>`` with ``folder`` options (`kvq_jax.data.labels.spec_from_options`)."""
+    ``vqa_folder/<your name>`` with ``folder`` options (`kvq_jax.data.labels.spec_from_options`); ``frames``:
+    pre-extract every frame into the records."""
     family, _, config = dataset.partition("/")
+    common = {"data_dir": os.fspath(data_dir), "frames": frames}
     if family == FOLDER:
         if not config:
             raise ValueError(f"name the folder dataset: {FOLDER}/<name> (presets: {sorted(labels.PRESETS)})")
         if folder:
             spec = labels.spec_from_options(folder)
-            return VqaFolder(config=FolderConfig(name=config, spec=spec), data_dir=os.fspath(data_dir))
+            return VqaFolder(config=FolderConfig(name=config, spec=spec), **common)
         if config not in labels.PRESETS:
             raise ValueError(f"{dataset}: not a preset ({sorted(labels.PRESETS)}); give its label options")
-        return VqaFolder(config=config, data_dir=os.fspath(data_dir))
+        return VqaFolder(config=config, **common)
     if dataset not in BUILDERS or config:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)} or {FOLDER}/<name>")
-    return BUILDERS[dataset](data_dir=os.fspath(data_dir))
+    return BUILDERS[dataset](**common)
 
 
 def build(
@@ -58,11 +68,14 @@ def build(
     num_shards: int | None = None,
     overwrite: bool = False,
     folder: Mapping | None = None,
+    frames: FrameOptions | None = None,
 ) -> dict[str, Any]:
-    """Prepare ``dataset`` under ``data_dir`` and return its build report (see :func:`format_report`)."""
+    """Prepare ``dataset`` under ``data_dir`` and return its build report (see :func:`format_report`).
+
+    Raises ``ValueError`` when records already there were built with other ``frames`` options than asked for."""
     if manual_dir is not None and not Path(manual_dir).is_dir():
         raise kvq_layout.LayoutError(f"{manual_dir}: --manual_dir is not a directory")
-    builder = make_builder(dataset, data_dir, folder)
+    builder = make_builder(dataset, data_dir, folder, frames)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # regenerates the records
@@ -73,6 +86,12 @@ def build(
     )
     builder.download_and_prepare(download_config=config)
     meta = json.loads((epath.Path(builder.data_path) / "metadata.json").read_text())
+    wanted = frames.as_dict() if frames else None
+    if meta.get("frames") != wanted:
+        raise ValueError(
+            f"{builder.data_path} holds records built with frames={meta.get('frames')}, not {wanted}: "
+            "pass --overwrite, or another --data_dir"
+        )
     return {
         "dataset": dataset,
         "path": str(builder.data_path),
@@ -83,6 +102,7 @@ def build(
         "dropped_pairs": meta["dropped_pairs"],
         "skipped": meta["skipped"],
         "manual_dir": meta["manual_dir"],
+        "frames": wanted,
     }
 
 
@@ -103,6 +123,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"  skipped {len(skipped)} video(s)" + (f", listed in {report['path']}/{SKIPPED_FILE}:" if skipped else "")
     )
     lines += [f"    [{s['split']}] {s['name']} ({s['path']}): {s['reason']}" for s in skipped]
+    if report.get("frames"):
+        lines.append(f"  pre-extracted frames: {report['frames']}")
     return "\n".join(lines)
 
 
@@ -130,6 +152,18 @@ def folder_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def frame_options(args: argparse.Namespace) -> FrameOptions | None:
+    """The ``--frames`` options (None without ``--frames``); ``ValueError`` for bad or orphaned values."""
+    if args.frames == "none":
+        if args.frames_quality is not None or args.frames_short_side is not None:
+            raise ValueError("--frames_quality and --frames_short_side need --frames jpeg")
+        return None
+    opts: dict[str, Any] = {"format": args.frames, "short_side": args.frames_short_side}
+    if args.frames_quality is not None:
+        opts["quality"] = args.frames_quality
+    return FrameOptions(**opts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build VQA TFDS records (ArrayRecord) without TensorFlow.")
     parser.add_argument(
@@ -142,6 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manual_dir", default=None, help="the dataset's folder (required but for kvq_synthetic)")
     parser.add_argument("--num_shards", type=int, default=None, help="ArrayRecord shards per split")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the records exist")
+    parser.add_argument(
+        "--frames",
+        choices=("none", *FORMATS),
+        default="none",
+        help="also store every frame, decoded once, as JPEG (views then skip the video decode)",
+    )
+    parser.add_argument("--frames_quality", type=int, help="JPEG quality of --frames, 1-100 (default 90)")
+    parser.add_argument(
+        "--frames_short_side", type=int, help="reduce --frames to this short side (resize views only; default native)"
+    )
     folder = parser.add_argument_group("a labelled folder of your own")
     folder.add_argument("--labels", help="label file, or split=file,... (one file per split)")
     for key in ("name", "score", "split", "source_id"):
@@ -155,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset != "kvq_synthetic" and args.manual_dir is None:
         parser.error(f"--manual_dir is required for --dataset {args.dataset}")
     try:
-        opts = folder_options(args)
-        report = build(args.dataset, args.data_dir, args.manual_dir, args.num_shards, args.overwrite, opts)
+        opts, frames = folder_options(args), frame_options(args)
+        report = build(args.dataset, args.data_dir, args.manual_dir, args.num_shards, args.overwrite, opts, frames)
     except (kvq_layout.LayoutError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

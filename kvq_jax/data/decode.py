@@ -29,13 +29,16 @@ file, a text file (FFmpeg's ``tty`` demuxer renders ``.txt`` files as frames) --
 :class:`VideoDecodeError` whose message names the file, so a data pipeline can decide to skip the sample or to
 stop.
 
-``source`` is a path (``str`` / ``os.PathLike``) or the *content* of a video file (``bytes``, ``bytearray``,
-``memoryview``); :func:`decode_frames` also accepts a reader returned by :func:`open_video`.
+``source`` is a path (``str`` / ``os.PathLike``), the *content* of a video file (``bytes``, ``bytearray``,
+``memoryview``) or a video's frames pre-extracted at build time (:class:`JpegFrames`, see ``kvq_jax.data.frames``:
+one JPEG per frame, numbered as above, read with OpenCV instead of seeking in the video); :func:`decode_frames` also
+accepts a reader returned by :func:`open_video`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -43,11 +46,11 @@ from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 import av
+import cv2
 import numpy as np
 from absl import logging
 
-VideoSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview
-Decoder: TypeAlias = Literal["decord", "pyav"]
+Decoder: TypeAlias = Literal["decord", "pyav", "jpeg"]
 
 try:  # decord has wheels for x86-64 only: elsewhere (Linux aarch64, macOS arm64) every video goes through PyAV
     import decord
@@ -71,11 +74,31 @@ class VideoDecodeError(Exception):
     """A video could not be opened or decoded; the message starts with the file's name."""
 
 
-def source_label(source: VideoSource | VideoReader, name: str | None = None) -> str:
-    """The name used in error messages: ``name`` if given, else the path (a reader's label), else ``<bytes:N>``."""
+@dataclasses.dataclass(frozen=True)
+class JpegFrames:
+    """Every frame of a video as JPEG bytes (frame ``i`` is the decoders' frame ``i``), stored in the records at
+    build time so that views skip the video decode (``kvq_jax.data.frames``).
+
+    ``short_side`` is None when the frames keep the video's resolution, else the short side they were reduced to
+    (serves resize views, not fragment views: see ``kvq_jax.data.frames.record_source``); ``fps`` is the video's.
+    """
+
+    frames: Sequence[bytes]
+    fps: float
+    short_side: int | None = None
+
+
+VideoSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview | JpegFrames
+
+
+def source_label(source: VideoSource | Reader, name: str | None = None) -> str:
+    """The name used in error messages: ``name`` if given, else the path (a reader's label), else ``<bytes:N>``
+    (``<jpeg frames:N>``)."""
     if isinstance(source, _BYTES_TYPES):
         default = f"<bytes:{memoryview(source).nbytes}>"
-    elif isinstance(source, VideoReader):
+    elif isinstance(source, JpegFrames):
+        default = f"<jpeg frames:{len(source.frames)}>"
+    elif isinstance(source, (VideoReader, FramesReader)):
         default = source.label
     elif isinstance(source, (str, os.PathLike)):
         default = os.fsdecode(os.fspath(source))
@@ -236,16 +259,52 @@ class VideoReader:
             raise VideoDecodeError(f"{label}: decoding frames failed ({decord_reason}PyAV: {_short(err)})") from err
 
 
+class FramesReader:
+    """Pre-extracted frames (:class:`JpegFrames`) read like a :class:`VideoReader`: ``len()``, ``fps``,
+    :func:`decode_frames`; only the JPEGs asked for are decoded (OpenCV, straight to RGB)."""
+
+    decoder: Decoder = "jpeg"
+
+    def __init__(self, source: JpegFrames, label: str) -> None:
+        self.label, self.fps, self.short_side = label, float(source.fps), source.short_side
+        self._frames = source.frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def _decode(self, wanted: np.ndarray, label: str) -> np.ndarray:
+        """RGB uint8 ``[len(wanted), H, W, 3]`` for in-range ``wanted``: :func:`decode_frames`."""
+        out: np.ndarray | None = None
+        for k, i in enumerate(wanted.tolist()):
+            data = np.frombuffer(self._frames[i], np.uint8)
+            frame = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
+            if frame is None:
+                raise VideoDecodeError(f"{label}: pre-extracted frame {i} is not a decodable JPEG")
+            if out is None:
+                out = np.empty((wanted.size, *frame.shape), np.uint8)
+            elif frame.shape != out.shape[1:]:
+                raise VideoDecodeError(f"{label}: pre-extracted frame {i} is {frame.shape}, frame 0 {out.shape[1:]}")
+            out[k] = frame
+        return out
+
+
+Reader: TypeAlias = VideoReader | FramesReader
+
+
 def open_video(
     source: VideoSource, name: str | None = None, *, num_threads: int = 1, decoder: DecoderChoice = "auto"
-) -> VideoReader:
+) -> Reader:
     """Open ``source`` on the CPU and check it has video frames.
 
     ``decoder="auto"`` tries decord, then PyAV; ``"pyav"`` uses PyAV alone (to compare the two, or to skip
     decord's attempt on files known to need PyAV). ``num_threads=1`` suits data-loader worker processes (one
-    decoder thread each); 0 lets FFmpeg choose.
+    decoder thread each); 0 lets FFmpeg choose. Pre-extracted frames (:class:`JpegFrames`) ignore both.
     """
     label = source_label(source, name)
+    if isinstance(source, JpegFrames):
+        if not len(source.frames):
+            raise VideoDecodeError(f"{label}: no pre-extracted frames")
+        return FramesReader(source, label)
     if isinstance(source, _BYTES_TYPES):
         file: str | bytes = bytes(source)
         if not file:
@@ -279,7 +338,7 @@ def num_frames(source: VideoSource, name: str | None = None, *, check_decode: bo
 
 
 def decode_frames(
-    source: VideoSource | VideoReader,
+    source: VideoSource | Reader,
     indices: Sequence[int] | np.ndarray,
     name: str | None = None,
     *,
@@ -298,7 +357,8 @@ def decode_frames(
         raise ValueError(f"{label}: indices must be a non-empty 1-D sequence, got shape {idx.shape}")
     if not np.issubdtype(idx.dtype, np.integer):
         raise TypeError(f"{label}: indices must be integers, got dtype {idx.dtype}")
-    reader = source if isinstance(source, VideoReader) else open_video(source, name, num_threads=num_threads)
+    is_reader = isinstance(source, (VideoReader, FramesReader))
+    reader = source if is_reader else open_video(source, name, num_threads=num_threads)
     count = len(reader)
     bad = (idx < 0) | (idx >= count)
     if bad.any():

@@ -51,6 +51,7 @@ from absl import flags, logging
 
 from kvq_jax.data import decode
 from kvq_jax.data import views as views_lib
+from kvq_jax.data.frames import record_source
 
 HOST_FIELDS = ("name", "error")
 Batch = dict[str, np.ndarray]
@@ -120,7 +121,7 @@ class _TrainViews(grain.transforms.RandomMap):
         name = _name(record).decode(errors="replace")
         labels = record_labels(record, self.labels)
         try:
-            arrays = views_lib.sample_views(record["video"], self.views, rng, name=name)
+            arrays = views_lib.sample_views(record_source(record, self.views), self.views, rng, name=name)
         except decode.VideoDecodeError as e:
             logging.warning("train: skipping a video that does not decode: %s", e)
             return None
@@ -181,7 +182,8 @@ class _EvalViews(grain.transforms.Map):
         name = _name(record).decode(errors="replace")
         try:
             rng = np.random.default_rng([self.seed, index]) if self.tta > 1 else None
-            arrays = views_lib.sample_views(record["video"], self.views, rng, name=name, samples=self.tta)
+            source = record_source(record, self.views)
+            arrays = views_lib.sample_views(source, self.views, rng, name=name, samples=self.tta)
             error = ""
         except decode.VideoDecodeError as e:
             logging.warning("eval: a video does not decode; it is marked invalid and reported: %s", e)
@@ -256,7 +258,8 @@ def train_iterator(
     module docstring); the local batch is ``global_batch_size // shard_count``. ``views`` is branch -> ViewSpec
     (a model's training form: one clip per branch, see ``ModelSpec.train_views``). ``start_batch`` skips that many
     global batches (resuming where the iterator's own checkpoint does not fit, e.g. on another host count).
-    ``labels``: record labels to carry into the batches (a model's auxiliary loss needs them).
+    ``labels``: record labels to carry into the batches (a model's auxiliary loss needs them). Records with
+    pre-extracted frames (``--frames jpeg``) are read from those instead of the video (`kvq_jax.data.frames`).
     ``mesh`` only checks divisibility; pass each batch to :func:`to_global`.
     """
     index, count = _process(shard_index, shard_count)

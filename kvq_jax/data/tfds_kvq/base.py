@@ -14,6 +14,11 @@ input pipeline shuffles). Features:
   ``filename,cls_label,dis_label,score`` lists; KSVQE's contrastive labels), -1 otherwise. New in 1.1.0: records
   built before it lack the field, and read back as they are.
 
+With ``frames=FrameOptions(...)`` (``--frames jpeg``) each record also holds its video's frames, decoded once here
+(`kvq_jax.data.frames`: what is kept, and for which views): ``frames`` (JPEG bytes per frame, the decoders'
+numbering), ``fps`` (float32) and ``frames_short_side`` (int64, 0 for native resolution); the video bytes stay. The
+options are in ``metadata.json`` (``frames``, None without).
+
 The split is the TFDS split name. Every video is probed (frame count plus a first-frame decode) before it
 is written; a video that fails is left out *and reported*: in ``skipped.json`` next to the records, in the
 dataset's ``metadata.json`` and by :func:`load_skipped`. The rank pairs (sheets ``source``/``nonsource`` per
@@ -28,7 +33,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,8 +42,13 @@ from tqdm import tqdm
 
 from kvq_jax.data import kvq_layout
 
+if TYPE_CHECKING:
+    from kvq_jax.data.frames import FrameOptions
+
 SKIPPED_FILE = "skipped.json"
 PROBE_THREADS = 4
+# Records made at once by the writer's threads: bounds memory when they hold pre-extracted frames (tens of MB each).
+RECORD_WINDOW = 2 * PROBE_THREADS
 
 
 def probe_video(path: str | os.PathLike) -> tuple[int, str | None]:
@@ -60,7 +70,8 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
         "1.1.0": "dis_label (distortion class, -1 unknown); metadata says which splits have it.",
     }
 
-    def __init__(self, *, file_format: str | None = "array_record", **kwargs: Any):
+    def __init__(self, *, file_format: str | None = "array_record", frames: FrameOptions | None = None, **kwargs: Any):
+        self.frame_options = frames  # before TFDS's init, which reads the features
         super().__init__(file_format=file_format, **kwargs)
 
     @abc.abstractmethod
@@ -79,10 +90,19 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
             "source_id": tfds.features.Scalar(np.int64, doc="source (homologous group), -1 unknown"),
             "num_frames": tfds.features.Scalar(np.int64, doc="frame count probed at build time"),
             "dis_label": tfds.features.Scalar(np.int64, doc="distortion class (KSVQE's contrastive loss), -1 unknown"),
+            **(self._frame_features() if self.frame_options else {}),
+        }
+
+    @staticmethod
+    def _frame_features() -> dict[str, tfds.features.FeatureConnector]:
+        return {
+            "frames": tfds.features.Sequence(tfds.features.Scalar(np.object_), doc="JPEG bytes of every frame"),
+            "fps": tfds.features.Scalar(np.float32, doc="the video's average frame rate"),
+            "frames_short_side": tfds.features.Scalar(np.int64, doc="short side of the frames, 0: native"),
         }
 
     def _record(self, entry: kvq_layout.VideoEntry, num_frames: int) -> dict[str, Any]:
-        return {
+        record = {
             "video": entry.path.read_bytes(),
             "name": entry.name,
             "mos": np.float32(entry.mos),
@@ -90,6 +110,14 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
             "num_frames": num_frames,
             "dis_label": entry.dis_label,
         }
+        if self.frame_options:
+            from kvq_jax.data import frames  # imported lazily: only building needs a decoder
+
+            extracted = frames.extract(record["video"], self.frame_options, name=entry.name)
+            if len(extracted["frames"]) != num_frames:
+                raise ValueError(f"{entry.name}: {len(extracted['frames'])} frames extracted, {num_frames} probed")
+            record.update(extracted)
+        return record
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -148,6 +176,7 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
                 "pairs": pairs,
                 "dropped_pairs": dropped,
                 "skipped": skipped,
+                "frames": self.frame_options.as_dict() if self.frame_options else None,
                 # the records of each split in order, (name, source id): re-splitting needs no pass over videos
                 "index": {s: [[v.name, v.source_id] for v, _ in items] for s, items in kept.items()},
             }
@@ -158,8 +187,12 @@ class KvqBuilderBase(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(items) for split, items in kept.items()}
 
     def _generate_examples(self, items: list[tuple[kvq_layout.VideoEntry, int]]):
-        for v, n in items:
-            yield v.name, self._record(v, n)
+        """Records in order, made ``RECORD_WINDOW`` at a time by threads (decoding and JPEG coding release the GIL)."""
+        with ThreadPoolExecutor(PROBE_THREADS) as pool:
+            for start in range(0, len(items), RECORD_WINDOW):
+                window = items[start : start + RECORD_WINDOW]
+                for (v, _), record in zip(window, pool.map(lambda vn: self._record(*vn), window), strict=True):
+                    yield v.name, record
 
 
 def dataset_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
