@@ -32,6 +32,7 @@ VARIANTS = [
     "ksvqe.py:quick",
     "simplevqa.py",
     "simplevqa.py:e2e",
+    "simplevqa.py:original",
     "simplevqa.py:quick",
 ]
 

@@ -9,7 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvq_jax.train.losses import adaptive_rank_loss, plcc_loss, rank_loss, smooth_l1_loss, vqa_loss
+from kvq_jax.train.losses import (
+    adaptive_rank_loss,
+    hard_rank_loss,
+    l1_loss,
+    plcc_loss,
+    rank_loss,
+    smooth_l1_loss,
+    vqa_loss,
+)
 
 # ----------------------------------------------------------------------------------------------- references
 
@@ -265,3 +273,72 @@ def test_smooth_l1_hand_worked_mask_and_torch() -> None:
     loss, aux = vqa_loss({"iqa": p}, y, weights={"plcc": 0.0, "rank": 0.0, "smooth_l1": 2.0})
     np.testing.assert_allclose(float(loss), 2 * 2.125 / 4, rtol=1e-6)
     assert set(aux) == {"iqa/smooth_l1", "total"}
+
+
+# ------------------------------------------------------------------------------- the original SimpleVQA's loss
+
+# Six videos. Hard pairs (0 < |Δy| < 1): {0,1} (Δy 0.5, ordered), {2,3} (0.4, mis-ordered by 0.4), {3,4} (0.4,
+# mis-ordered by 0.6), {1,5} (0.5, mis-ordered by 0.9). Left out: the tie {2,4}, and {0,5}, {2,5}, {4,5} on the
+# threshold (Δy = 1; {0,5} is mis-ordered by 0.2).
+L1R_P = np.array([0.2, 0.9, 0.5, 0.1, 0.7, 0.0], np.float32)
+L1R_Y = np.array([1.0, 1.5, 3.0, 3.4, 3.0, 2.0], np.float32)
+
+
+def test_l1_and_hard_rank_hand_worked() -> None:
+    # L1: (0.8 + 0.6 + 2.5 + 3.3 + 2.3 + 2.0) / 6. Rank: each hard pair in both orders, (0.4 + 0.6 + 0.9)·2 / (4·2).
+    np.testing.assert_allclose(float(l1_loss(L1R_P, L1R_Y)), 11.5 / 6, rtol=1e-6)
+    np.testing.assert_allclose(float(hard_rank_loss(L1R_P, L1R_Y)), 1.9 / 4, rtol=1e-6)
+    # A threshold past 1 takes in the three pairs on it: (1.9 + 0.2) / 7.
+    np.testing.assert_allclose(float(hard_rank_loss(L1R_P, L1R_Y, threshold=1.01)), 2.1 / 7, rtol=1e-6)
+    # d/dp of relu(p2 − p3) + relu(p4 − p3) + relu(p1 − p5), each twice, over 8.
+    grad = jax.grad(lambda q: hard_rank_loss(q, jnp.asarray(L1R_Y)))(jnp.asarray(L1R_P))
+    np.testing.assert_allclose(np.asarray(grad), [0.0, 0.25, 0.25, -0.5, 0.25, -0.25], atol=1e-7)
+    # Without video 4: {0,1}, {2,3}, {1,5} remain, 1.3 / 3; the mask equals the subset.
+    valid = np.array([1, 1, 1, 1, 0, 1])
+    keep = valid.astype(bool)
+    np.testing.assert_allclose(float(hard_rank_loss(L1R_P, L1R_Y, valid)), 1.3 / 3, rtol=1e-6)
+    np.testing.assert_allclose(float(hard_rank_loss(L1R_P[keep], L1R_Y[keep])), 1.3 / 3, rtol=1e-6)
+    np.testing.assert_allclose(float(l1_loss(L1R_P, L1R_Y, valid)), 9.2 / 5, rtol=1e-6)
+    # No hard pair (labels 2 apart): 0 with a zero gradient.
+    far = jnp.asarray([1.0, 3.0, 5.0])
+    assert float(hard_rank_loss(jnp.asarray([3.0, 2.0, 1.0]), far)) == 0.0
+    assert not np.any(np.asarray(jax.grad(lambda q: hard_rank_loss(q, far))(jnp.asarray([3.0, 2.0, 1.0]))))
+
+
+def test_l1rank_matches_the_official_class_and_its_swapped_call() -> None:
+    torch = pytest.importorskip("torch")
+
+    def official(preds, gts, hard_thred=1.0):  # utils.py L1RankLoss.forward, default weights l1_w = rank_w = 1
+        preds, gts = preds.view(-1), gts.view(-1)
+        l1 = torch.nn.functional.l1_loss(preds, gts)
+        n = len(preds)
+        preds = preds.unsqueeze(0).repeat(n, 1)
+        preds_t = preds.t()
+        label = gts.unsqueeze(0).repeat(n, 1)
+        label_t = label.t()
+        masks = torch.sign(label - label_t)
+        hard = (torch.abs(label - label_t) < hard_thred) & (torch.abs(label - label_t) > 0)
+        rank = hard * torch.relu(-masks * (preds - preds_t))
+        return l1 + rank.sum() / (hard.sum() + 1e-08)
+
+    weights = {"plcc": 0.0, "rank": 0.0, "l1": 1.0, "hard_rank": 1.0}
+    for seed in range(3):
+        rng = np.random.default_rng(40 + seed)
+        y = (rng.integers(2, 11, 16) / 2).astype(np.float32)  # KVQ's 1–5 in 0.5 steps: ties, mis-ordered hard pairs
+        p = (y + rng.normal(0, 0.5, 16)).astype(np.float32)
+        tp = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+        ty = torch.tensor(y, dtype=torch.float64)
+        tv = official(tp, ty)
+        tv.backward()
+        (jv, aux), jg = jax.value_and_grad(lambda q, t: vqa_loss({"spatial": q}, t, weights=weights), has_aux=True)(
+            p, y
+        )
+        assert set(aux) == {"spatial/l1", "spatial/hard_rank", "total"}
+        np.testing.assert_allclose(float(jv), float(tv.detach()), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(jg), tp.grad.numpy(), atol=1e-7)
+        l1_grad = np.asarray(jax.grad(l1_loss)(p, y))
+        assert not np.allclose(np.asarray(jg), l1_grad)  # the rank term trains when called as written
+        # train.py calls criterion(labels, outputs): then the rank term adds nothing to the outputs' gradient.
+        tp.grad = None
+        official(ty, tp).backward()
+        np.testing.assert_allclose(tp.grad.numpy(), l1_grad, atol=1e-7)

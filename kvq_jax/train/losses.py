@@ -10,10 +10,12 @@ VideoFusion team's "adaptive rank-aware loss" (NTIRE 2024 KVQ challenge report, 
 docstring for what is taken from the report and what is our choice.
 
 ``smooth_l1_loss`` is ``F.smooth_l1_loss`` (β = 1, mean), Zoom-VQA's IQA branch loss against the raw MOS.
+``l1_loss`` and ``hard_rank_loss`` are the two halves of the original SimpleVQA's ``L1RankLoss`` (sunwei925/SimpleVQA
+``utils.py``, its default weights 1 and 1).
 
-``plcc_loss``, ``rank_loss``, ``smooth_l1_loss`` and ``adaptive_rank_loss`` accept an optional ``valid`` mask
-``[B]`` (bool or 0/1) so that padded examples of a fixed-size batch drop out exactly: with ``valid`` all true the
-result equals the unmasked loss.
+``plcc_loss``, ``rank_loss``, ``smooth_l1_loss``, ``l1_loss``, ``hard_rank_loss`` and ``adaptive_rank_loss`` accept
+an optional ``valid`` mask ``[B]`` (bool or 0/1) so that padded examples of a fixed-size batch drop out exactly: with
+``valid`` all true the result equals the unmasked loss.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ Array = jax.Array
 
 # The official code adds this to the population standard deviation before dividing.
 _STD_EPS = 1e-8
+# L1RankLoss's ``hard_thred``: a pair enters its rank term when its labels differ by less than this (and are not tied).
+HARD_PAIR_THRESHOLD = 1.0
 
 # Keys of the ``weights`` mapping accepted by ``vqa_loss``.
-LOSS_WEIGHT_KEYS = ("plcc", "rank", "arank", "smooth_l1")
+LOSS_WEIGHT_KEYS = ("plcc", "rank", "arank", "smooth_l1", "l1", "hard_rank")
 # Keyword arguments of ``adaptive_rank_loss`` that ``vqa_loss`` forwards from ``arank_options``.
 ARANK_OPTION_KEYS = (
     "margin_homologous",
@@ -120,6 +124,30 @@ def smooth_l1_loss(p: Array, y: Array, valid: Array | None = None) -> Array:
     return jnp.sum(m * per) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def l1_loss(p: Array, y: Array, valid: Array | None = None) -> Array:
+    """``F.l1_loss`` (the mean of ``|p − y|``), L1RankLoss's first term: like smooth L1 it fixes the scale, so the
+    head learns the MOS itself. No valid example gives 0."""
+    p, y = _check_pair(p, y, "l1_loss")
+    m = _mask(valid, p, "l1_loss")
+    return jnp.sum(m * jnp.abs(p - y)) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def hard_rank_loss(p: Array, y: Array, valid: Array | None = None, *, threshold: float = HARD_PAIR_THRESHOLD) -> Array:
+    """L1RankLoss's rank term (``use_margin=False``), over the "hard" pairs only: labels closer than ``threshold``.
+
+    ``R_ij = relu(−sign(y_j − y_i)·(p_j − p_i))`` (``|p_j − p_i|`` for a mis-ordered pair, no margin) on the pairs
+    with ``0 < |y_j − y_i| < threshold``; the loss is ``ΣR / (number of hard pairs + 1e-8)``, each pair counted in
+    both orders as the official (n, n) masks do, so a batch without hard pairs gives 0. Pairs further apart than
+    the threshold are left to the L1 term.
+    """
+    p, y = _check_pair(p, y, "hard_rank_loss")
+    m = _mask(valid, p, "hard_rank_loss")
+    dy = y[None, :] - y[:, None]
+    hard = m[:, None] * m[None, :] * ((jnp.abs(dy) < threshold) & (dy != 0))
+    r = hard * jax.nn.relu(-jnp.sign(dy) * (p[None, :] - p[:, None]))
+    return jnp.sum(r) / (jnp.sum(hard) + 1e-8)
+
+
 def adaptive_rank_loss(
     p: Array,
     y: Array,
@@ -187,12 +215,13 @@ def vqa_loss(
     group: Array | None = None,
     arank_options: Mapping[str, Any] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Sum over branches of ``w_plcc·plcc + w_rank·rank + w_arank·adaptive_rank + w_smooth_l1·smooth_l1``, every
-    branch vs ``y``.
+    """Sum over branches of ``w_plcc·plcc + w_rank·rank + w_arank·adaptive_rank + w_smooth_l1·smooth_l1 +
+    w_l1·l1 + w_hard_rank·hard_rank``, every branch vs ``y``.
 
     This is DOVER's transfer-learning objective with ``weights = {"plcc": 1.0, "rank": 0.3}`` and two
-    branches (``technical``, ``aesthetic``), each supervised with the overall MOS; FAST-VQA: one branch.
-    Missing weight keys default to ``plcc=1.0, rank=0.3, arank=0.0, smooth_l1=0.0``; terms with weight 0 are not
+    branches (``technical``, ``aesthetic``), each supervised with the overall MOS; FAST-VQA: one branch; the
+    original SimpleVQA: ``{"plcc": 0.0, "rank": 0.0, "l1": 1.0, "hard_rank": 1.0}``.
+    Missing weight keys default to ``plcc=1.0, rank=0.3`` and 0 for the others; terms with weight 0 are not
     computed.
     ``weights`` and ``arank_options`` (keyword arguments of ``adaptive_rank_loss``) are configuration: they
     must be Python numbers, not traced values (close over them when jitting).
@@ -208,7 +237,7 @@ def vqa_loss(
         raise ValueError(f"vqa_loss: unknown arank_options keys {sorted(unknown)}; known: {list(ARANK_OPTION_KEYS)}")
     if not preds:
         raise ValueError("vqa_loss: preds is empty; expected one [B] array per branch")
-    w = {"plcc": 1.0, "rank": 0.3, "arank": 0.0, "smooth_l1": 0.0}
+    w = {"plcc": 1.0, "rank": 0.3, "arank": 0.0, "smooth_l1": 0.0, "l1": 0.0, "hard_rank": 0.0}
     w.update({k: float(v) for k, v in weights.items()})
     if w["arank"] != 0 and group is None:
         raise ValueError("vqa_loss: weights['arank'] is non-zero but no `group` (source-video ids) was given")
@@ -225,6 +254,10 @@ def vqa_loss(
             terms["arank"] = adaptive_rank_loss(p, y, group, **opts)
         if w["smooth_l1"]:
             terms["smooth_l1"] = smooth_l1_loss(p, y)
+        if w["l1"]:
+            terms["l1"] = l1_loss(p, y)
+        if w["hard_rank"]:
+            terms["hard_rank"] = hard_rank_loss(p, y)
         for term, value in terms.items():
             aux[f"{branch}/{term}"] = value
             total = total + w[term] * value
