@@ -125,10 +125,13 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.normpath(Path(path).absolute()))
 
 
+_BOOL_FIELDS = frozenset(f.name for f in dataclasses.fields(ViewSpec) if isinstance(f.default, bool))
+
+
 def _parse_value(field: str, text: str) -> int | bool | str | None:
     if field in ("t_frag", "frames_of") and text.lower() == "none":
         return None
-    if field == "stack_clips":
+    if field in _BOOL_FIELDS:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{field}={text!r}: expected true or false")
         return text.lower() in ("true", "1")

@@ -334,6 +334,12 @@ def test_resolve_views_clips_and_overrides():
         resolve_views(dover, overrides=["fragments.clip_len=8"])
     with pytest.raises(ValueError, match="branch 'aesthetic'"):  # t_frag 32 > clip_len 8
         resolve_views(dover, overrides=["clip_len=8", "technical.aligned=8"])
+    original = get_spec("simplevqa_original").views  # bool fields parse from true/false (and 1/0)
+    assert original["spatial"].partial_seconds
+    assert not resolve_views(original, overrides=["spatial.partial_seconds=false"])["spatial"].partial_seconds
+    assert resolve_views(original, overrides=["spatial.partial_seconds=1"])["spatial"].partial_seconds
+    with pytest.raises(ValueError, match="expected true or false"):
+        resolve_views(original, overrides=["spatial.partial_seconds=yes"])
 
 
 def two_branch_results() -> list[VideoScore]:
