@@ -344,14 +344,26 @@ def test_tpu_score_starts_the_catalogue_on_all_workers(sandbox: Sandbox) -> None
     assert res.rc != 0 and "--out as a gs:// folder" in res.err
 
 
-def test_gpu_study_plan() -> None:
-    """The prepared GPU study: its quick plan (one device call) and the CPU smoke form, as commands."""
-    quick = subprocess.run(["bash", str(LAUNCH / "gpu/study.sh"), "--dry-run"], capture_output=True, text=True)
+def test_gpu_study_plan(tmp_path: Path) -> None:
+    """The prepared GPU study: its quick plan (one device call) and the CPU smoke form, as commands. The official
+    checkouts are given (an empty pair of folders stands in); without them the JAX side runs alone."""
+    official = tmp_path / "official"
+    for checkout in ("DOVER", "FAST-VQA-and-FasterVQA"):
+        (official / checkout).mkdir(parents=True)
+    study = ["bash", str(LAUNCH / "gpu/study.sh"), "--dry-run"]
+    quick = subprocess.run([*study, f"--official={official}"], capture_output=True, text=True)
     assert quick.returncode == 0, quick.stderr
     lines = [line[2:] for line in quick.stdout.splitlines() if line.startswith("+ ")]
     bench = [shlex.split(line) for line in lines if " -m kvq_jax.bench --device" in line]
     assert len(bench) == 12  # 3 models x 2 dtypes x infer/train, batch 8
-    assert all(b[b.index("--device") + 1] == "gpu" and "--torch-reference" in b for b in bench)
+    assert all(b[b.index("--device") + 1] == "gpu" for b in bench)
+    assert {b[b.index("--torch-reference") + 1] for b in bench} == {
+        str(official / "DOVER"),
+        str(official / "FAST-VQA-and-FasterVQA"),
+    }
+    alone = subprocess.run([*study, f"--official={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert alone.returncode == 0 and " -m kvq_jax.bench --device gpu" in alone.stdout
+    assert "--torch-reference" not in alone.stdout
     assert sum("kvq_jax.parity" in line for line in lines) == 2 and any("data.bench --workers 16" in x for x in lines)
     smoke = subprocess.run(
         ["bash", str(LAUNCH / "gpu/study.sh"), "--smoke", "--dry-run"], capture_output=True, text=True
