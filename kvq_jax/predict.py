@@ -45,7 +45,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from kvq_jax.data.decode import VIDEO_SUFFIXES, VideoDecodeError
-from kvq_jax.data.views import ViewSpec, sample_views
+from kvq_jax.data.views import BOOL_FIELDS, ViewSpec, sample_views
 from kvq_jax.models import ModelSpec, default_model, get_model, get_spec, model_names
 from kvq_jax.scoring import pad_batch, score_views
 
@@ -125,13 +125,10 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.normpath(Path(path).absolute()))
 
 
-_BOOL_FIELDS = frozenset(f.name for f in dataclasses.fields(ViewSpec) if isinstance(f.default, bool))
-
-
 def _parse_value(field: str, text: str) -> int | bool | str | None:
     if field in ("t_frag", "frames_of") and text.lower() == "none":
         return None
-    if field in _BOOL_FIELDS:
+    if field in BOOL_FIELDS:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{field}={text!r}: expected true or false")
         return text.lower() in ("true", "1")

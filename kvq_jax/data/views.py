@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from kvq_jax.data.decode import VideoSource
 
 _KINDS = ("fragments", "resize", "seconds")
-_NON_INT_FIELDS = ("kind", "partial_seconds", "stack_clips", "frames_of")
+_NON_INT_FIELDS = ("kind", "frames_of")  # and the bool fields (BOOL_FIELDS, derived below the class)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +101,11 @@ class ViewSpec:
             raise ValueError(f"ViewSpec.kind must be one of {_KINDS}, got {self.kind!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in _NON_INT_FIELDS:
+            if field.name in _NON_INT_FIELDS or field.name in BOOL_FIELDS:
                 continue
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"ViewSpec.{field.name} must be a positive int, got {value!r}")
-        for flag in ("partial_seconds", "stack_clips"):
+        for flag in BOOL_FIELDS:
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"ViewSpec.{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.partial_seconds and self.kind != "seconds":
@@ -166,6 +166,10 @@ class ViewSpec:
     def shape(self) -> tuple[int, int, int, int, int]:
         """The uint8 array of one video's view: ``(clips, T, H, W, 3)`` (T: all frames when clips are stacked)."""
         return (self.clips, self.total_frames // self.clips, *self.out_hw, 3)
+
+
+# ViewSpec's on/off fields (its bool defaults): checked as bools, parsed from true/false by `kvq-jax score --view`.
+BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(ViewSpec) if isinstance(f.default, bool))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +53,7 @@ from kvq_jax.models.registry import (
     OfficialWeights,
     StateDict,
     register,
+    torch_hub_file,
 )
 from kvq_jax.models.resnet import ResNet50
 from kvq_jax.models.swin3d import SwinConfig, SwinTransformer3D
@@ -628,21 +628,15 @@ def parity_arrays(model: KSVQE, inputs: Mapping[str, jax.Array], case: Mapping) 
 # ----------------------------------------------------------------------------------------------- weights
 
 
-def _cached(*parts: str) -> str | None:
-    path = Path(*parts)
-    return str(path) if path.is_file() else None
-
-
 def pretrained_files() -> list[str]:
     """The component weights where the official code's tools cache them: OpenAI's ``ViT-B-16.pt``
     (``~/.cache/clip``, clip._download's folder), and the Kinetics-400 Swin-T and ``CONTRIQUE_checkpoint25.tar``
     under ``$TORCH_HOME/hub/checkpoints`` (the official code reads them from fixed paths of its authors')."""
-    home = os.path.expanduser("~")
-    hub = os.path.join(os.environ.get("TORCH_HOME", os.path.join(home, ".cache", "torch")), "hub", "checkpoints")
+    clip = os.path.join(os.path.expanduser("~"), ".cache", "clip", "ViT-B-16.pt")
     found = [
-        _cached(home, ".cache", "clip", "ViT-B-16.pt"),
-        _cached(hub, "swin_tiny_patch244_window877_kinetics400_1k.pth"),
-        _cached(hub, "CONTRIQUE_checkpoint25.tar"),
+        clip if os.path.isfile(clip) else None,
+        torch_hub_file("swin_tiny_patch244_window877_kinetics400_1k.pth"),
+        torch_hub_file("CONTRIQUE_checkpoint25.tar"),
     ]
     return [f for f in found if f]
 

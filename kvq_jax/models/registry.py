@@ -83,6 +83,14 @@ class OfficialCode:
         return f"git clone {self.repo}"
 
 
+def torch_hub_file(name: str) -> str | None:
+    """A file torch.hub downloaded (``$TORCH_HOME/hub/checkpoints``, ``~/.cache/torch`` by default), or None: where
+    the families' ``pretrained`` find the ImageNet / Kinetics weights torchvision and pytorchvideo cache."""
+    home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
+    path = os.path.join(home, "hub", "checkpoints", name)
+    return path if os.path.isfile(path) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class AuxLoss:
     """A training term a family adds to the score losses (KSVQE: a contrastive loss over its distortion tokens).

@@ -34,9 +34,7 @@ forward), the ImageNet classifiers (``fc``, ``_fc``) and pytorchvideo's head (``
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -46,7 +44,7 @@ from flax import nnx
 from kvq_jax.data.views import PixelNorm, ViewSpec
 from kvq_jax.models.common import Dtype, dense
 from kvq_jax.models.efficientnet_lite import LITE_PIXELS, EfficientNetLite, LiteConfig, lite0_weights_file
-from kvq_jax.models.registry import Branch, ModelSpec, OfficialCode, StateDict, register
+from kvq_jax.models.registry import Branch, ModelSpec, OfficialCode, StateDict, register, torch_hub_file
 from kvq_jax.models.resnet import ResNet50
 from kvq_jax.models.slowfast import SlowFastR50, slow_frame_index
 
@@ -223,16 +221,9 @@ def original_checkpoint_filter(state_dict: StateDict) -> StateDict:
     return {**checkpoint_filter(rest), **head}
 
 
-def _hub_file(name: str) -> str | None:
-    """A file torch.hub downloaded (torchvision / pytorchvideo cache), or None."""
-    hub = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
-    path = Path(hub) / "hub" / "checkpoints" / name
-    return str(path) if path.is_file() else None
-
-
 def resnet_pretrained() -> list[str]:
     """ImageNet ResNet-50 and Kinetics SlowFast-R50 as torchvision and pytorchvideo cache them, where present."""
-    return [f for f in (_hub_file("resnet50-19c8e357.pth"), _hub_file("SLOWFAST_8x8_R50.pyth")) if f]
+    return [f for f in (torch_hub_file("resnet50-19c8e357.pth"), torch_hub_file("SLOWFAST_8x8_R50.pyth")) if f]
 
 
 def lite0_pretrained() -> list[str]:
