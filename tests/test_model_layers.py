@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from kvq_jax.models import swin3d
+from kvq_jax.models import convnext3d, swin3d
 from kvq_jax.models.common import gelu
 from kvq_jax.models.convnext3d import ConvNeXt3D, ConvNeXtConfig, depthwise_conv3d
 from kvq_jax.models.swin3d import (
@@ -71,7 +71,10 @@ def test_depthwise_conv_matches_grouped_conv(shape, k):
 
 
 @pytest.mark.parametrize(("shape", "k"), CONV_CASES)
-def test_depthwise_conv_gradients_match_grouped_conv(shape, k):
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 6000])  # all channels at once, one per chunk, some in pairs
+def test_depthwise_conv_gradients_match_grouped_conv(shape, k, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(convnext3d, "_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(1)
     x, kernel, bias = _conv_inputs(shape, k, rng)
     cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
@@ -162,14 +165,18 @@ def test_window_attention_matches_per_window_loop(frag_bias, masked, step_window
     assert rel_err(ours, ref) < 1e-5
 
 
-def test_window_attention_gradients_match_plain_softmax():
-    """Gradients through the per-window scan (max subtracted without gradient, late normalisation)."""
-    attn, _ = make_attention(True, seed=5)
+@pytest.mark.parametrize(("frag_bias", "masked"), [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("step_windows", [1, 3])
+def test_window_attention_gradients_match_plain_softmax(frag_bias, masked, step_windows, monkeypatch):
+    """The hand-written backward (recomputed probabilities, bias gradient summed by halves over 3 samples and
+    `step_windows` windows, odd sizes included) against autodiff of a plain softmax."""
+    monkeypatch.setattr(swin3d, "_STEP_ELEMENTS", step_windows * 3 * 2 * 18 * 18)
+    attn, _ = make_attention(frag_bias, seed=5)
     rng = np.random.default_rng(6)
-    x = jnp.asarray(rng.standard_normal((3, 2, 18, 8)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((3, 3, 18, 8)), jnp.float32)
     index = relative_position_index((2, 3, 3))
     gates = jnp.asarray(rng.integers(0, 4, (3, 18, 18)), jnp.int8)
-    mask = jnp.asarray(rng.integers(0, 2, (3, 18, 18)), jnp.int8)
+    mask = jnp.asarray(rng.integers(0, 2, (3, 18, 18)), jnp.int8) if masked else None
     graphdef, params = nnx.split(attn)
 
     def plain(params, x):
@@ -177,10 +184,13 @@ def test_window_attention_gradients_match_plain_softmax():
         nw, b, n, c = x.shape
         qkv = m.qkv(x).reshape(nw, b, n, 3, 2, c // 2)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        rpb = m.relative_position_bias_table[...][index].transpose(2, 0, 1)
-        fpb = m.fragment_position_bias_table[...][index].transpose(2, 0, 1)
-        g = gates.astype(jnp.float32)[:, None]
-        bias = rpb * g + fpb * (1 - g) - 100.0 * mask.astype(jnp.float32)[:, None]
+        bias = m.relative_position_bias_table[...][index].transpose(2, 0, 1)[None]
+        if frag_bias:
+            fpb = m.fragment_position_bias_table[...][index].transpose(2, 0, 1)
+            g = gates.astype(jnp.float32)[:, None]
+            bias = bias * g + fpb * (1 - g)
+        if masked:
+            bias = bias - 100.0 * mask.astype(jnp.float32)[:, None]
         logits = jnp.einsum("wbqhd,wbkhd->wbhqk", q * m.scale, k) + bias[:, None]
         out = jnp.einsum("wbhqk,wbkhd->wbqhd", jax.nn.softmax(logits, -1), v).reshape(nw, b, n, c)
         return jnp.sum(m.proj(out) ** 2)

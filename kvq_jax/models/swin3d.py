@@ -191,39 +191,148 @@ class WindowAttention3D(nnx.Module):
 
         `index` is the (N, N) relative-position index; `gates` (nW, N, N) int8 holds the GRPB gate g of every
         token pair (used only with a fragment table) and `mask` (nW, N, N) int8 is 1 across shift regions
-        (None: no shift). The windows go through a `lax.scan`, a few at a time (`_windows_per_step`), so that
-        a step's logits stay in cache: the whole (nW, B, heads, N, N) tensor (236 MB at stage 1, T=32) made
-        every pass of the softmax a trip through memory (stage-1 attention core: 1.0 s → 0.3 s per block).
-        The step is rematerialised in the backward pass rather than storing its softmax for every window.
-        The softmax normalisation is applied to the (N, head_dim) output instead of the (N, N) probabilities:
-        the same quotient, one pass fewer.
+        (None: no shift). The attention itself is `window_attention`.
         """
-        nw, b, n, c = windows.shape
-        heads, hd = self.num_heads, c // self.num_heads
-        # A symbolic batch (jax.export) sizes the steps as for batch 1: the step count must be a plain int.
-        step = _windows_per_step(nw, (b if isinstance(b, int) else 1) * heads * n * n)
+        nw, b, n, _ = windows.shape
         rpb = self.position_bias(self.relative_position_bias_table[...], index)
         fpb = None
         if self.fragment_position_bias_table is not None:
             fpb = self.position_bias(self.fragment_position_bias_table[...], index)
-        xs = {"qkv": self.qkv(windows).reshape(nw // step, step * b, n, 3 * c)}
-        if fpb is not None:
-            xs["gates"] = gates.reshape(nw // step, step, n, n)
-        if mask is not None:
-            xs["mask"] = mask.reshape(nw // step, step, n, n)
+        else:
+            gates = None
+        # A symbolic batch (jax.export) sizes the steps as for batch 1: the step count must be a plain int.
+        step = _windows_per_step(nw, (b if isinstance(b, int) else 1) * self.num_heads * n * n)
+        out = window_attention(self.qkv(windows), rpb, fpb, gates, mask, (self.num_heads, self.scale, step))
+        return self.proj(out)
 
-        def attend(_: None, w: dict[str, jax.Array]) -> tuple[None, jax.Array]:
-            q, k, v = w["qkv"].reshape(step * b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q * self.scale, k, preferred_element_type=jnp.float32)
-            bias = _window_bias(rpb, fpb, w.get("gates"), w.get("mask"))  # (heads | step, heads, N, N)
-            logits = (logits.reshape(step, b, heads, n, n) + bias.reshape(-1, 1, heads, n, n)).reshape(logits.shape)
-            e = jnp.exp(logits - jax.lax.stop_gradient(_row_reduce(jnp.max, logits)))
-            out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(self.dtype), v, preferred_element_type=jnp.float32)
-            out = (out / _row_reduce(jnp.sum, e)).astype(self.dtype)
-            return None, out.transpose(0, 2, 1, 3).reshape(step * b, n, c)
 
-        _, out = jax.lax.scan(jax.checkpoint(attend), None, xs)
-        return self.proj(out.reshape(nw, b, n, c))
+# ----------------------------------------------------------------------------------------------------
+# The attention core, with its gradient written out
+# ----------------------------------------------------------------------------------------------------
+
+AttentionShape = tuple[int, float, int]  # heads, scale, windows per scan step
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def window_attention(
+    qkv: jax.Array,
+    rpb: jax.Array,
+    fpb: jax.Array | None,
+    gates: jax.Array | None,
+    mask: jax.Array | None,
+    shape: AttentionShape,
+) -> jax.Array:
+    """Softmax attention inside every window: qkv (nW, B, N, 3C) → (nW, B, N, C), in qkv's dtype.
+
+    The bias of window w is g·RPB + (1−g)·FPB (RPB alone without `fpb`), −100 where `mask` is set; rpb, fpb:
+    (heads, N, N) float32; gates, mask: (nW, N, N) int8. The windows go through a `lax.scan`, a few at a time
+    (`_windows_per_step`), so that a step's logits stay in cache: the whole (nW, B, heads, N, N) tensor (236 MB at
+    stage 1, T=32) made every pass of the softmax a trip through memory (stage-1 attention core: 1.0 s → 0.3 s
+    per block). The softmax normalisation is applied to the (N, head_dim) output instead of the (N, N)
+    probabilities: the same quotient, one pass fewer.
+
+    The gradient is written by hand (`_attention_bwd`), flash-attention style: the forward keeps only each row's
+    log-sum-exp, the backward recomputes the probabilities window by window and sums the bias gradient over
+    the batch and the windows with element-wise adds. Differentiating the scan instead left that sum to XLA's
+    reductions over a middle axis, which XLA:CPU ran at a few hundred MB/s: 7 ms per stage-1 step, 10× the
+    step's matrix products.
+    """
+    return _attention_fwd(qkv, rpb, fpb, gates, mask, shape)[0]
+
+
+def _step_inputs(
+    qkv: jax.Array, gates: jax.Array | None, mask: jax.Array | None, step: int, **more: jax.Array
+) -> dict[str, jax.Array]:
+    """Scan inputs: every per-window array cut into (nW/step, step, ...) slices (qkv and `more` as step·B rows)."""
+    nw, b = qkv.shape[:2]
+    xs = {k: v.reshape(nw // step, step * b, *v.shape[2:]) for k, v in {"qkv": qkv, **more}.items()}
+    for name, per_window in (("gates", gates), ("mask", mask)):
+        if per_window is not None:
+            xs[name] = per_window.reshape(nw // step, step, *per_window.shape[1:])
+    return xs
+
+
+def _step_logits(w: dict[str, jax.Array], rpb, fpb, shape: AttentionShape) -> tuple[jax.Array, ...]:
+    """q, k, v (step·B, heads, N, hd) and the biased float32 logits (step·B, heads, N, N) of one scan step."""
+    heads, scale, step = shape
+    sb, n, c3 = w["qkv"].shape
+    q, k, v = w["qkv"].reshape(sb, n, 3, heads, c3 // 3 // heads).transpose(2, 0, 3, 1, 4)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+    bias = _window_bias(rpb, fpb, w.get("gates"), w.get("mask"))  # (heads | step, heads, N, N)
+    b = sb // step
+    logits = (logits.reshape(step, b, heads, n, n) + bias.reshape(-1, 1, heads, n, n)).reshape(logits.shape)
+    return q, k, v, logits
+
+
+def _attention_fwd(qkv, rpb, fpb, gates, mask, shape: AttentionShape):
+    step = shape[2]
+    nw, b, n, c3 = qkv.shape
+    c = c3 // 3
+
+    def attend(_: None, w: dict[str, jax.Array]) -> tuple[None, tuple[jax.Array, jax.Array]]:
+        _, _, v, logits = _step_logits(w, rpb, fpb, shape)
+        m = _row_reduce(jnp.max, logits)
+        e = jnp.exp(logits - m)
+        total = _row_reduce(jnp.sum, e)
+        out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(qkv.dtype), v, preferred_element_type=jnp.float32)
+        out = (out / total).astype(qkv.dtype)
+        return None, (out.transpose(0, 2, 1, 3).reshape(-1, n, c), m + jnp.log(total))
+
+    _, (out, lse) = jax.lax.scan(attend, None, _step_inputs(qkv, gates, mask, step))
+    out = out.reshape(nw, b, n, c)
+    return out, (qkv, rpb, fpb, gates, mask, out, lse)
+
+
+def _attention_bwd(shape: AttentionShape, res: tuple, d_out: jax.Array):
+    qkv, rpb, fpb, gates, mask, out, lse = res
+    heads, scale, step = shape
+    n, c3 = qkv.shape[2:]
+    c = c3 // 3
+
+    def attend_bwd(acc: tuple, w: dict[str, jax.Array]) -> tuple[tuple, jax.Array]:
+        q, k, v, logits = _step_logits(w, rpb, fpb, shape)
+        p = jnp.exp(logits - w["lse"])
+        do = w["d_out"].reshape(-1, n, heads, c // heads).transpose(0, 2, 1, 3)
+        o = w["out"].reshape(-1, n, heads, c // heads).transpose(0, 2, 1, 3)
+        f32 = jnp.float32
+        dv = jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), do, preferred_element_type=f32)
+        dp = jnp.einsum("bhqd,bhkd->bhqk", do, v, preferred_element_type=f32)
+        delta = jnp.sum(do.astype(f32) * o.astype(f32), axis=-1, keepdims=True)
+        ds = p * (dp - delta)  # ∂loss/∂logits
+        dq = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), k, preferred_element_type=f32) * scale
+        dk = jnp.einsum("bhqk,bhqd->bhkd", ds.astype(q.dtype), q, preferred_element_type=f32) * scale
+        d_qkv = jnp.stack([dq, dk, dv]).astype(qkv.dtype).transpose(1, 3, 0, 2, 4).reshape(-1, n, c3)
+        d_bias = _sum_axis(ds.reshape(step, -1, heads, n, n), axis=1)  # Σ over the batch: (step, heads, N, N)
+        if fpb is None:
+            return (acc[0] + _sum_axis(d_bias),), d_qkv
+        g = w["gates"][:, None].astype(f32)
+        gated = _sum_axis(g * d_bias)
+        return (acc[0] + gated, acc[1] + _sum_axis(d_bias) - gated), d_qkv
+
+    zeros = jnp.zeros(rpb.shape, jnp.float32)
+    init = (zeros,) if fpb is None else (zeros, zeros)
+    xs = _step_inputs(qkv, gates, mask, step, out=out, d_out=d_out)
+    xs["lse"] = lse
+    acc, d_qkv = jax.lax.scan(attend_bwd, init, xs)
+    d_fpb = None if fpb is None else acc[1].astype(fpb.dtype)
+    return d_qkv.reshape(qkv.shape), acc[0].astype(rpb.dtype), d_fpb, None, None
+
+
+window_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _sum_axis(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Σ over `axis` by adding halves: element-wise adds of slices, which every backend runs at memory speed
+    (XLA:CPU's reduce over a leading or middle axis did not)."""
+    while x.shape[axis] > 1:
+        half = x.shape[axis] // 2
+        head = jax.lax.slice_in_dim(x, 0, half, axis=axis) + jax.lax.slice_in_dim(x, half, 2 * half, axis=axis)
+        if x.shape[axis] % 2:
+            rest = jax.lax.slice_in_dim(x, 2 * half, None, axis=axis)
+            first = jax.lax.slice_in_dim(head, 0, 1, axis=axis) + rest
+            head = jnp.concatenate([first, jax.lax.slice_in_dim(head, 1, None, axis=axis)], axis=axis)
+        x = head
+    return jnp.squeeze(x, axis)
 
 
 _STEP_ELEMENTS = 1 << 19  # logits per scan step: 2 MB in float32, about the L2 cache of one core here
