@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from kvq_jax.models import convnext3d, swin3d
-from kvq_jax.models.common import gelu
+from kvq_jax.models import common, convnext3d, swin3d
+from kvq_jax.models.common import dense, gelu, linear_dot
 from kvq_jax.models.convnext3d import ConvNeXt3D, ConvNeXtConfig, depthwise_conv3d
 from kvq_jax.models.swin3d import (
     SwinConfig,
@@ -260,3 +260,34 @@ def test_bfloat16_backbone_runs_close_to_float32(cfg):
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
     assert np.isfinite(np.asarray(got, np.float32)).all()
     assert 1e-4 < rel_err(got, want) < 0.1
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64 * 4 * (5 + 3), 1])  # one product; 64-row steps; too small
+def test_dense_gradients_match_plain_product(chunk_bytes, monkeypatch):
+    """The Linear layers' kernel gradient, summed over row chunks on CPU, against autodiff of x · W + b."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(common, "_CHUNK_BYTES", chunk_bytes)
+    layer = dense(5, 3, jnp.float32, nnx.Rngs(0))
+    rng = np.random.default_rng(8)
+    layer.bias[...] = jnp.asarray(rng.standard_normal(3), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((2, 4, 32, 5)), jnp.float32)  # 256 rows
+    g = jnp.asarray(rng.standard_normal((2, 4, 32, 3)), jnp.float32)
+    graphdef, params = nnx.split(layer)
+
+    def plain(params, x):
+        p = nnx.merge(graphdef, params)
+        return jnp.sum((x @ p.kernel[...] + p.bias[...]) * g)
+
+    def ours(params, x):
+        return jnp.sum(nnx.merge(graphdef, params)(x) * g)
+
+    got = jax.jit(jax.grad(ours, argnums=(0, 1)))(params, x)
+    want = jax.grad(plain, argnums=(0, 1))(params, x)
+    assert rel_err(got[1], want[1]) < 1e-6
+    assert rel_err(got[0]["kernel"][...], want[0]["kernel"][...]) < 1e-6
+    assert rel_err(got[0]["bias"][...], want[0]["bias"][...]) < 1e-6
+
+
+def test_linear_dot_rejects_other_products():
+    with pytest.raises(ValueError, match="last axis"):
+        linear_dot(jnp.ones((3, 4)), jnp.ones((3, 5)), (((0,), (0,)), ((), ())))
