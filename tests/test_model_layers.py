@@ -16,7 +16,7 @@ from flax import nnx
 from scipy.special import erf
 
 from kvq_jax.models import common, convnext3d, swin3d
-from kvq_jax.models.common import dense, gelu, linear_dot
+from kvq_jax.models.common import dense, gelu, largest_divisor, linear_dot
 from kvq_jax.models.convnext3d import ConvNeXt3D, ConvNeXtConfig, depthwise_conv3d
 from kvq_jax.models.swin3d import (
     SwinConfig,
@@ -291,3 +291,10 @@ def test_dense_gradients_match_plain_product(chunk_bytes, monkeypatch):
 def test_linear_dot_rejects_other_products():
     with pytest.raises(ValueError, match="last axis"):
         linear_dot(jnp.ones((3, 4)), jnp.ones((3, 5)), (((0,), (0,)), ((), ())))
+
+
+def test_largest_divisor_matches_brute_force():
+    for n in (1, 7, 12, 64, 97, 196, 25088):
+        for at_most in (0, 1, 5, 12, 100, 600, 30000):
+            want = max([d for d in range(1, n + 1) if n % d == 0 and d <= at_most], default=1)
+            assert largest_divisor(n, at_most) == want, (n, at_most)

@@ -68,7 +68,7 @@ def _cpu_matmul_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     rows = xs.shape[0]
     per_row = 4 * (xs.shape[1] + gs.shape[1])
-    chunk = max((d for d in range(1, rows + 1) if rows % d == 0 and d * per_row <= _CHUNK_BYTES), default=1)
+    chunk = largest_divisor(rows, _CHUNK_BYTES // per_row)
     if chunk < _MIN_CHUNK_ROWS or chunk == rows:
         dk = jnp.einsum("ri,ro->io", xs, gs, preferred_element_type=jnp.float32)
     else:
@@ -86,6 +86,13 @@ _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 
 _CHUNK_BYTES = 1 << 20  # rows of x and g per kernel-gradient step
 _MIN_CHUNK_ROWS = 64  # fewer rows per step: one product over all rows
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of `n` not above `at_most` (1 at least): how many rows, windows or channels of `n` go
+    into one step of a loop that must cut them evenly. Counts down from `at_most`, so that a large `n` (millions
+    of rows) costs no more at trace time than a small one."""
+    return next(d for d in range(max(1, min(n, at_most)), 0, -1) if n % d == 0)
 
 
 class DropPath(nnx.Module):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kvq_jax.models.common import DropPath, Dtype, dense, gelu, layer_norm
+from kvq_jax.models.common import DropPath, Dtype, dense, gelu, largest_divisor, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _depthwise_kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, 
     n, t, h, w = x.shape[:4]
     (sh, nbh), (sw, nbw) = _blocks(h), _blocks(w)
     per_channel = 4 * (sh + kh - 1) * (sw + kw - 1) * (t + k - 1) * nbh * nbw * n  # bytes of its blocked copy
-    chunk = max((d for d in range(1, c + 1) if c % d == 0 and d * per_channel <= _CHUNK_BYTES), default=1)
+    chunk = largest_divisor(c, _CHUNK_BYTES // per_channel)
     xs, gs = (a.transpose(4, 0, 1, 2, 3).reshape(c // chunk, chunk, n, t, h, w) for a in (x, g))
     out = jax.lax.map(lambda xg: _kernel_grad_chunk(*xg, kernel_shape), (xs, gs))  # (chunks, k, kh, kw, chunk)
     return out.transpose(1, 2, 3, 0, 4).reshape(*kernel_shape, c)

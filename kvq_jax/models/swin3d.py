@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kvq_jax.models.common import DropPath, Dtype, dense, gelu, layer_norm
+from kvq_jax.models.common import DropPath, Dtype, dense, gelu, largest_divisor, layer_norm
 
 Triple = tuple[int, int, int]
 
@@ -344,8 +344,7 @@ def _windows_per_step(num_windows: int, logits_per_window: int) -> int:
     DOVER's 8×7×7 windows fill a step each; FAST-VQA-M's 2×2×2 windows (1024 of them at stage 1) go
     hundreds at a time, where one per step spent its time on loop overhead.
     """
-    fits = [d for d in range(1, num_windows + 1) if num_windows % d == 0 and d * logits_per_window <= _STEP_ELEMENTS]
-    return max(fits, default=1)
+    return largest_divisor(num_windows, _STEP_ELEMENTS // logits_per_window)
 
 
 def _row_reduce(reduce: Callable, x: jax.Array) -> jax.Array:
