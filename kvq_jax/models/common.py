@@ -38,7 +38,7 @@ def dense(din: int, dout: int, dtype: Dtype, rngs: nnx.Rngs, use_bias: bool = Tr
 
 
 def linear_dot(x: jax.Array, kernel: jax.Array, dimension_numbers, precision=None, **kwargs) -> jax.Array:
-    """`nnx.Linear`'s product x (..., in) · kernel (in, out); on XLA:CPU with the weight gradient of `_cpu_matmul`."""
+    """`nnx.Linear`'s product x (..., in) · kernel (in, out); on XLA:CPU with the backward of `_cpu_matmul`."""
     if jax.default_backend() != "cpu" or precision is not None or kwargs.get("out_sharding") is not None:
         return jax.lax.dot_general(x, kernel, dimension_numbers, precision=precision, **kwargs)
     if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())) or kernel.ndim != 2:
@@ -48,12 +48,14 @@ def linear_dot(x: jax.Array, kernel: jax.Array, dimension_numbers, precision=Non
 
 @jax.custom_vjp
 def _cpu_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x (..., in) · kernel (in, out), whose kernel gradient Σ_rows xᵀ·g is summed over cache-sized row chunks.
+    """x (..., in) · kernel (in, out), with its two gradient products written out: g · kernelᵀ and Σ_rows xᵀ·g.
 
-    XLA:CPU computes xᵀ·g from transposed copies of both activations, and fuses the element-wise backward of
-    everything that produced g (LayerNorms, residual adds, drop-path masks of a whole Swin stage) into the copy
-    of g, re-evaluating it once per consumer: 40–100 ms per stage-3 layer of DOVER's train step. Row chunks
-    read from the materialised x and g, and transpose in cache.
+    Under autodiff XLA:CPU computed xᵀ·g from transposed copies of both activations, and fused the element-wise
+    backward of everything that produced g (LayerNorms, residual adds, drop-path masks of a whole Swin stage) into
+    the copy of g, re-evaluating it once per consumer: 40–100 ms per stage-3 layer of DOVER's train step; the DOVER
+    step is 7% slower that way (paired rounds, `data/bench/train_steps_xeon.json`). Summing xᵀ·g over cache-sized
+    row chunks instead of one product was 6% slower still: XLA:CPU's products with a transposed left operand
+    are slow, and shorter ones more so.
     """
     return jnp.matmul(x, kernel)
 
@@ -66,32 +68,17 @@ def _cpu_matmul_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax
     x, kernel = res
     dx = jnp.matmul(g, kernel.T).astype(x.dtype)
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    rows = xs.shape[0]
-    per_row = 4 * (xs.shape[1] + gs.shape[1])
-    chunk = largest_divisor(rows, _CHUNK_BYTES // per_row)
-    if chunk < _MIN_CHUNK_ROWS or chunk == rows:
-        dk = jnp.einsum("ri,ro->io", xs, gs, preferred_element_type=jnp.float32)
-    else:
-
-        def add(acc: jax.Array, xg: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-            return acc + jnp.einsum("ri,ro->io", *xg, preferred_element_type=jnp.float32), None
-
-        split = (rows // chunk, chunk)
-        steps = (xs.reshape(*split, -1), gs.reshape(*split, -1))
-        dk, _ = jax.lax.scan(add, jnp.zeros(kernel.shape, jnp.float32), steps)
+    dk = jnp.einsum("ri,ro->io", xs, gs, preferred_element_type=jnp.float32)
     return dx, dk.astype(kernel.dtype)
 
 
 _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 
-_CHUNK_BYTES = 1 << 20  # rows of x and g per kernel-gradient step
-_MIN_CHUNK_ROWS = 64  # fewer rows per step: one product over all rows
-
 
 def largest_divisor(n: int, at_most: int) -> int:
-    """The largest divisor of `n` not above `at_most` (1 at least): how many rows, windows or channels of `n` go
-    into one step of a loop that must cut them evenly. Counts down from `at_most`, so that a large `n` (millions
-    of rows) costs no more at trace time than a small one."""
+    """The largest divisor of `n` not above `at_most` (1 at least): how many windows or channels of `n` go into
+    one step of a loop that must cut them evenly. Counts down from `at_most`, so that a large `n` costs no more at
+    trace time than a small one."""
     return next(d for d in range(max(1, min(n, at_most)), 0, -1) if n % d == 0)
 
 
